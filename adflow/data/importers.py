@@ -1,0 +1,418 @@
+"""Importers: real data sets into the data contract, refusing malformed input with file, line and column.
+
+    adflow data import taobao    --csv UserBehavior.csv --out data/taobao [--catalog items.csv --images imgs/]
+    adflow data import movielens --dir ml-100k --out data/ml100k
+    adflow data import catalog   --catalog items.csv --images imgs/ --out data/catalog
+
+How each source maps onto the contract (what a source lacks stays null, as the contract allows):
+- Taobao UserBehavior (user_id,item_id,category_id,behavior_type,timestamp; no header): every event goes to
+  `behaviour` (pv->view, buy->purchase, cart, fav); every `pv` is an impression whose `click` label is 1
+  when the same user later carts, favs or buys that item (the data set logs no un-clicked ads, so engagement
+  after a view is the positive). Sessions split on 30-minute gaps; positions are unknown and recorded as 1.
+- MovieLens-100k (u.data, u.item): ratings are `rate` events with the rating as value, and impressions
+  with click = rating >= 4, the usual CTR reading of MovieLens. Category is the first listed genre.
+- Catalog CSV + image folder (header: item_id,title,category[,price,attributes,image,box_x0..box_y1,launch_ts]):
+  items, with images copied in and checked to open; one default creative per item using the item's image.
+Every imported item also gets one default creative (id = item id) so impressions always name a creative.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from adflow.contract import empty_frame, write_manifest, write_table
+
+SESSION_GAP_S = 30 * 60
+TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "behavior_type", "timestamp")
+TAOBAO_BEHAVIOURS = {"pv": "view", "buy": "purchase", "cart": "cart", "fav": "fav"}
+ML_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+EARLIEST_TS = 946684800  # 2000-01-01: older epoch values are almost always a unit or column mix-up
+
+
+class ImportFormatError(ValueError):
+    """A malformed input file. The message names the file, the line (1-based) and column, and what was expected."""
+
+    def __init__(self, path: str | Path, line: int | None, column: str | None, expected: str, got: object = None):
+        self.path, self.line, self.column, self.expected, self.got = str(path), line, column, expected, got
+        where = f"{path}" + (f", line {line}" if line is not None else "") + (f", column '{column}'" if column else "")
+        tail = "" if got is None else f", got {got!r}"
+        super().__init__(f"{where}: expected {expected}{tail}")
+
+
+# ---------------------------------------------------------------- reading helpers
+
+
+def _read_delimited(path: Path, sep: str, n_fields: int, names: tuple[str, ...], header: bool, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a delimited file as strings, checking the field count of every line (reported with its line number)."""
+    if not path.exists():
+        raise ImportFormatError(path, None, None, "an existing file")
+    rows: list[list[str]] = []
+    line_nos: list[int] = []
+    with path.open(newline="", encoding=encoding, errors="strict") as f:
+        reader = csv.reader(f, delimiter=sep)
+        try:
+            for row in reader:
+                line = reader.line_num
+                if header and line == 1:
+                    continue
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank lines carry nothing
+                if len(row) != n_fields:
+                    raise ImportFormatError(path, line, None, f"{n_fields} fields separated by {sep!r}", f"{len(row)} fields")
+                rows.append(row)
+                line_nos.append(line)
+        except UnicodeDecodeError as e:
+            raise ImportFormatError(path, reader.line_num + 1, None, f"{encoding} text", str(e)) from e
+        except csv.Error as e:
+            raise ImportFormatError(path, reader.line_num, None, "well-formed CSV", str(e)) from e
+    df = pd.DataFrame(rows, columns=list(names), dtype=object)
+    df["_line"] = np.asarray(line_nos, dtype=np.int64)
+    return df
+
+
+def _ints(df: pd.DataFrame, col: str, path: Path, what: str = "an integer", lo: int | None = None, hi: int | None = None) -> pd.Series:
+    s = pd.to_numeric(df[col].str.strip(), errors="coerce")
+    bad = s.isna() | (s != s.round())
+    if lo is not None:
+        bad |= s < lo
+    if hi is not None:
+        bad |= s > hi
+    if bad.any():
+        k = int(np.argmax(bad.to_numpy()))
+        raise ImportFormatError(path, int(df["_line"].iloc[k]), col, what, df[col].iloc[k])
+    return s.astype(np.int64)
+
+
+def _sessions(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Session ids: a new session per user after a 30-minute gap (input sorted by user, then time)."""
+    new = np.ones(len(users), dtype=bool)
+    new[1:] = (users[1:] != users[:-1]) | (ts[1:] - ts[:-1] > SESSION_GAP_S)
+    return np.cumsum(new)
+
+
+def _default_creatives(items: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"creative_id": items["item_id"].to_numpy(), "item_id": items["item_id"].to_numpy(), "image_path": items["image_path"].to_numpy()}
+    )
+
+
+def _epoch(s: pd.Series) -> pd.Series:
+    return pd.to_datetime(s.astype(np.int64), unit="s", utc=True)
+
+
+def _write(out: Path, source: str, tables: dict[str, pd.DataFrame], extra: dict[str, object]) -> dict[str, object]:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        write_table(out, name, df)
+    return write_manifest(out, source, extra)
+
+
+def _fresh_out(out: str | Path) -> Path:
+    path = Path(out)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} is not empty: import into a new folder")
+    return path
+
+
+# ---------------------------------------------------------------- Taobao UserBehavior
+
+
+def import_taobao(csv_path: str | Path, out: str | Path, catalog: str | Path | None = None, images: str | Path | None = None) -> dict[str, object]:
+    path = Path(csv_path)
+    out_dir = _fresh_out(out)
+    raw = _read_delimited(path, ",", 5, TAOBAO_COLUMNS, header=False)
+    if raw.empty:
+        raise ImportFormatError(path, None, None, "at least one event line")
+    df = pd.DataFrame({"_line": raw["_line"]})
+    for col in ("user_id", "item_id", "category_id"):
+        df[col] = _ints(raw, col, path, "a non-negative integer id", lo=0)
+    df["timestamp"] = _ints(raw, "timestamp", path, f"a Unix timestamp in seconds (>= {EARLIEST_TS})", lo=EARLIEST_TS)
+    beh = raw["behavior_type"].str.strip()
+    bad = ~beh.isin(list(TAOBAO_BEHAVIOURS))
+    if bad.any():
+        k = int(np.argmax(bad.to_numpy()))
+        raise ImportFormatError(path, int(raw["_line"].iloc[k]), "behavior_type", f"one of {sorted(TAOBAO_BEHAVIOURS)}", beh.iloc[k])
+    df["event_type"] = beh.map(TAOBAO_BEHAVIOURS)
+    df = df.sort_values(["user_id", "timestamp", "_line"], kind="stable").reset_index(drop=True)
+
+    # click label for a view: the user engages with the item at or after it
+    engaged = df[df["event_type"] != "view"].groupby(["user_id", "item_id"])["timestamp"].max().rename("last_engaged")
+    views = df[df["event_type"] == "view"].join(engaged, on=["user_id", "item_id"])
+    views["click"] = (views["last_engaged"].notna() & (views["last_engaged"] >= views["timestamp"])).astype(np.int64)
+    views["session_id"] = _sessions(views["user_id"].to_numpy(), views["timestamp"].to_numpy())
+    views = views.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
+    impressions = pd.DataFrame(
+        {
+            "impression_id": np.arange(1, len(views) + 1),
+            "ts": _epoch(views["timestamp"]),
+            "user_id": views["user_id"].to_numpy(),
+            "item_id": views["item_id"].to_numpy(),
+            "creative_id": views["item_id"].to_numpy(),
+            "query_id": pd.array([None] * len(views), dtype="Int64"),
+            "session_id": views["session_id"].to_numpy(),
+            "position": 1,
+            "click": views["click"].to_numpy(),
+        }
+    )
+    ev = df.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
+    behaviour = pd.DataFrame(
+        {
+            "event_id": np.arange(1, len(ev) + 1),
+            "ts": _epoch(ev["timestamp"]),
+            "user_id": ev["user_id"].to_numpy(),
+            "item_id": ev["item_id"].to_numpy(),
+            "event_type": ev["event_type"].to_numpy(),
+            "value": np.nan,
+        }
+    )
+    first = df.groupby("item_id").agg(category_id=("category_id", lambda s: s.mode().iloc[0]), first_ts=("timestamp", "min"))
+    items = pd.DataFrame(
+        {
+            "item_id": first.index.to_numpy(),
+            "title": "",
+            "category": first["category_id"].astype(str).to_numpy(),
+            "attributes": "{}",
+            "price": np.nan,
+            "image_path": None,
+            "launch_ts": _epoch(first["first_ts"]),
+        }
+    )
+    if catalog is not None:
+        cat_items, n_copied = _read_catalog(Path(catalog), Path(images) if images else None, out_dir)
+        missing = set(items["item_id"]) - set(cat_items["item_id"])
+        known = cat_items.set_index("item_id")
+        items = items.set_index("item_id")
+        for col in ("title", "category", "attributes", "price", "image_path", "box_x0", "box_y0", "box_x1", "box_y1"):
+            items[col] = known[col].reindex(items.index).where(lambda s: s.notna(), items.get(col))
+        items = items.reset_index()
+        extra_note = {"catalog_items_missing": len(missing), "images_copied": n_copied}
+    else:
+        extra_note = {}
+    users = pd.DataFrame({"user_id": np.sort(df["user_id"].unique()), "segment": None})
+    tables = {
+        "items": items,
+        "creatives": _default_creatives(items),
+        "users": users,
+        "impressions": impressions,
+        "behaviour": behaviour,
+    }
+    return _write(out_dir, "taobao", tables, {"input": str(path), **extra_note})
+
+
+# ---------------------------------------------------------------- MovieLens-100k
+
+
+def import_movielens(directory: str | Path, out: str | Path) -> dict[str, object]:
+    d = Path(directory)
+    out_dir = _fresh_out(out)
+    data_path, item_path = d / "u.data", d / "u.item"
+    raw = _read_delimited(data_path, "\t", 4, ("user_id", "item_id", "rating", "timestamp"), header=False)
+    if raw.empty:
+        raise ImportFormatError(data_path, None, None, "at least one rating line")
+    ratings = pd.DataFrame({"_line": raw["_line"]})
+    ratings["user_id"] = _ints(raw, "user_id", data_path, "a positive integer user id", lo=1)
+    ratings["item_id"] = _ints(raw, "item_id", data_path, "a positive integer item id", lo=1)
+    ratings["rating"] = _ints(raw, "rating", data_path, "a rating from 1 to 5", lo=1, hi=5)
+    ratings["timestamp"] = _ints(raw, "timestamp", data_path, "a Unix timestamp in seconds", lo=0)
+
+    names = ("item_id", "title", "release_date", "video_release_date", "url", *ML_GENRES)
+    raw_items = _read_delimited(item_path, "|", len(names), names, header=False, encoding="latin-1")
+    item_ids = _ints(raw_items, "item_id", item_path, "a positive integer item id", lo=1)
+    dup = item_ids.duplicated()
+    if dup.any():
+        k = int(np.argmax(dup.to_numpy()))
+        raise ImportFormatError(item_path, int(raw_items["_line"].iloc[k]), "item_id", "a unique item id", int(item_ids.iloc[k]))
+    flags = {g: _ints(raw_items, g, item_path, "a genre flag 0 or 1", lo=0, hi=1) for g in ML_GENRES}
+    unknown = ~ratings["item_id"].isin(set(item_ids))
+    if unknown.any():
+        k = int(np.argmax(unknown.to_numpy()))
+        raise ImportFormatError(data_path, int(ratings["_line"].iloc[k]), "item_id", f"an item id listed in {item_path.name}", int(ratings["item_id"].iloc[k]))
+    release = pd.to_datetime(raw_items["release_date"].str.strip(), format="%d-%b-%Y", errors="coerce", utc=True)
+    first_rating = ratings.groupby("item_id")["timestamp"].min()
+    fallback = _epoch(first_rating.reindex(item_ids.to_numpy()).fillna(ratings["timestamp"].min()).astype(np.int64))
+    launch = release.where(release.notna(), pd.Series(fallback.to_numpy(), index=release.index))
+    genres = [[g for g in ML_GENRES if flags[g].iloc[k] == 1] or ["unknown"] for k in range(len(raw_items))]
+    items = pd.DataFrame(
+        {
+            "item_id": item_ids.to_numpy(),
+            "title": raw_items["title"].str.strip().to_numpy(),
+            "category": [g[0] for g in genres],
+            "attributes": [json.dumps({"genres": g, "release_date": r.strip()}) for g, r in zip(genres, raw_items["release_date"], strict=True)],
+            "price": np.nan,
+            "image_path": None,
+            "launch_ts": launch.to_numpy(),
+        }
+    )
+    r = ratings.sort_values(["user_id", "timestamp", "_line"], kind="stable").reset_index(drop=True)
+    r["session_id"] = _sessions(r["user_id"].to_numpy(), r["timestamp"].to_numpy())
+    r = r.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
+    ids = np.arange(1, len(r) + 1)
+    impressions = pd.DataFrame(
+        {
+            "impression_id": ids,
+            "ts": _epoch(r["timestamp"]),
+            "user_id": r["user_id"].to_numpy(),
+            "item_id": r["item_id"].to_numpy(),
+            "creative_id": r["item_id"].to_numpy(),
+            "query_id": pd.array([None] * len(r), dtype="Int64"),
+            "session_id": r["session_id"].to_numpy(),
+            "position": 1,
+            "click": (r["rating"] >= 4).astype(np.int64).to_numpy(),
+        }
+    )
+    behaviour = pd.DataFrame(
+        {
+            "event_id": ids,
+            "ts": _epoch(r["timestamp"]),
+            "user_id": r["user_id"].to_numpy(),
+            "item_id": r["item_id"].to_numpy(),
+            "event_type": "rate",
+            "value": r["rating"].astype(float).to_numpy(),
+        }
+    )
+    users = pd.DataFrame({"user_id": np.sort(r["user_id"].unique()), "segment": None})
+    tables = {"items": items, "creatives": _default_creatives(items), "users": users, "impressions": impressions, "behaviour": behaviour}
+    return _write(out_dir, "movielens-100k", tables, {"input": str(d)})
+
+
+# ---------------------------------------------------------------- catalog CSV + images
+
+CATALOG_REQUIRED = ("item_id", "title", "category")
+CATALOG_OPTIONAL = ("price", "attributes", "image", "box_x0", "box_y0", "box_x1", "box_y1", "launch_ts")
+
+
+def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.DataFrame, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.exists():
+        raise ImportFormatError(path, None, None, "an existing file")
+    with path.open(newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), None)
+    if not header:
+        raise ImportFormatError(path, 1, None, f"a header row with {', '.join(CATALOG_REQUIRED)}")
+    header = [h.strip() for h in header]
+    for col in CATALOG_REQUIRED:
+        if col not in header:
+            raise ImportFormatError(path, 1, col, f"a header naming the required column '{col}'", ",".join(header))
+    for col in header:
+        if col not in CATALOG_REQUIRED + CATALOG_OPTIONAL:
+            raise ImportFormatError(path, 1, col, f"only known columns ({', '.join(CATALOG_REQUIRED + CATALOG_OPTIONAL)})", col)
+    raw = _read_delimited(path, ",", len(header), tuple(header), header=True)
+    if raw.empty:
+        raise ImportFormatError(path, None, None, "at least one item row")
+    items = pd.DataFrame({"item_id": _ints(raw, "item_id", path, "a non-negative integer item id", lo=0)})
+    dup = items["item_id"].duplicated()
+    if dup.any():
+        k = int(np.argmax(dup.to_numpy()))
+        raise ImportFormatError(path, int(raw["_line"].iloc[k]), "item_id", "a unique item id", int(items["item_id"].iloc[k]))
+    for col in ("title", "category"):
+        empty = raw[col].str.strip() == ""
+        if empty.any():
+            k = int(np.argmax(empty.to_numpy()))
+            raise ImportFormatError(path, int(raw["_line"].iloc[k]), col, "a non-empty value", "")
+        items[col] = raw[col].str.strip()
+
+    def floats(col: str, check: Callable[[pd.Series], pd.Series], what: str) -> pd.Series:
+        if col not in raw:
+            return pd.Series(np.nan, index=raw.index)
+        text = raw[col].str.strip()
+        s = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+        bad = (text != "") & (s.isna() | ~check(s))
+        if bad.any():
+            k = int(np.argmax(bad.to_numpy()))
+            raise ImportFormatError(path, int(raw["_line"].iloc[k]), col, what, raw[col].iloc[k])
+        return s
+
+    items["price"] = floats("price", lambda s: s > 0, "a positive price or empty")
+    for col in ("box_x0", "box_y0", "box_x1", "box_y1"):
+        items[col] = floats(col, lambda s: (s >= 0) & (s <= 1), "a box coordinate in [0, 1] or empty")
+    attrs = []
+    for k, text in enumerate(raw["attributes"] if "attributes" in raw else [""] * len(raw)):
+        text = text.strip()
+        if not text:
+            attrs.append("{}")
+        elif text.startswith("{"):
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ImportFormatError(path, int(raw["_line"].iloc[k]), "attributes", "a JSON object or k=v;k=v pairs", text) from e
+            attrs.append(text)
+        else:
+            pairs = [p.split("=", 1) for p in text.split(";") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ImportFormatError(path, int(raw["_line"].iloc[k]), "attributes", "a JSON object or k=v;k=v pairs", text)
+            attrs.append(json.dumps({a.strip(): b.strip() for a, b in pairs}, sort_keys=True))
+    items["attributes"] = attrs
+    if "launch_ts" in raw:
+        ts = pd.to_datetime(raw["launch_ts"].str.strip(), utc=True, errors="coerce", format="ISO8601")
+        bad = ts.isna()
+        if bad.any():
+            k = int(np.argmax(bad.to_numpy()))
+            raise ImportFormatError(path, int(raw["_line"].iloc[k]), "launch_ts", "an ISO-8601 date or time", raw["launch_ts"].iloc[k])
+        items["launch_ts"] = ts
+    else:
+        items["launch_ts"] = pd.Timestamp("2000-01-01", tz="UTC")
+
+    paths: list[str | None] = []
+    copied = 0
+    if images is not None:
+        if not images.is_dir():
+            raise ImportFormatError(images, None, None, "a folder of item images")
+        (out_dir / "images" / "items").mkdir(parents=True, exist_ok=True)
+    for k, item_id in enumerate(items["item_id"]):
+        line = int(raw["_line"].iloc[k])
+        named = raw["image"].iloc[k].strip() if "image" in raw else ""
+        if images is None:
+            if named:
+                raise ImportFormatError(path, line, "image", "an --images folder to find the file in", named)
+            paths.append(None)
+            continue
+        if named:
+            src = images / named
+            if not src.is_file():
+                raise ImportFormatError(path, line, "image", f"a file inside {images}", named)
+        else:
+            found = [images / f"{item_id}{suf}" for suf in IMAGE_SUFFIXES if (images / f"{item_id}{suf}").is_file()]
+            if not found:
+                raise ImportFormatError(path, line, "image", f"an image named {item_id}.png/.jpg in {images} (or an 'image' column)", None)
+            src = found[0]
+        try:
+            with Image.open(src) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ImportFormatError(path, line, "image", "a readable PNG/JPEG/WebP image", f"{src.name}: {e}") from e
+        rel = f"images/items/{item_id}{src.suffix.lower()}"
+        shutil.copyfile(src, out_dir / rel)
+        copied += 1
+        paths.append(rel)
+    items["image_path"] = paths
+    return items, copied
+
+
+def import_catalog(catalog: str | Path, out: str | Path, images: str | Path | None = None) -> dict[str, object]:
+    """A catalog alone: items and their default creatives; users, impressions and behaviour stay empty."""
+    out_dir = _fresh_out(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items, copied = _read_catalog(Path(catalog), Path(images) if images else None, out_dir)
+    tables = {
+        "items": items,
+        "creatives": _default_creatives(items),
+        "users": empty_frame("users"),
+        "impressions": empty_frame("impressions"),
+        "behaviour": empty_frame("behaviour"),
+    }
+    return _write(out_dir, "catalog", tables, {"input": str(catalog), "images_copied": copied, "catalog_only": True})
+
+
+IMPORTERS = {"taobao": import_taobao, "movielens": import_movielens, "catalog": import_catalog}

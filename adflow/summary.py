@@ -1,0 +1,139 @@
+"""The run summary: per stage its status, duration, metrics and artifacts; a table for people, JSON for tools.
+
+Written to runs/<run_id>/summary.json and runs/latest/summary.json, and read back from MLflow's child runs,
+which the stages write wherever they ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adflow.tracking import ARTIFACTS_TAG, ERROR_TAG, STAGE_TAG, STATUS_TAG
+
+# The metrics a person wants to see first, per stage (all metrics are in the JSON).
+HEADLINE = {
+    "synth": ("rows_impressions", "click_rate", "oracle_auc", "cold_start_items"),
+    "ingest": ("rows_items", "rows_impressions"),
+    "validate": ("expectations_evaluated", "expectations_failed", "rows_validated"),
+}
+
+
+@dataclass
+class StageSummary:
+    name: str
+    status: str  # succeeded | failed | skipped (branch not taken) | not run (stopped earlier)
+    duration_s: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    failures: list[str] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    pipeline: str
+    preset: str
+    placement: str
+    status: str
+    started_at: str
+    duration_s: float
+    stages: list[StageSummary]
+    mlflow: dict[str, str]
+    error: str | None = None
+    run_dir: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+
+def stage_summaries(client: Any, experiment_id: str, parent_run_id: str, stages: Any) -> list[StageSummary]:
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=500
+    )
+    by_stage = {r.data.tags.get(STAGE_TAG): r for r in children}
+    ran_groups = {s.branch_of for s in stages if s.name in by_stage and s.branch_of}
+    out = []
+    for s in stages:
+        r = by_stage.get(s.name)
+        if r is None:
+            status = "skipped" if s.branch_of in ran_groups else "not run"
+            out.append(StageSummary(s.name, status))
+            continue
+        metrics = dict(r.data.metrics)
+        tags = r.data.tags
+        failures = json.loads(tags["adflow.failures"]) if "adflow.failures" in tags else []
+        out.append(
+            StageSummary(
+                name=s.name,
+                status=tags.get(STATUS_TAG, "failed" if r.info.status == "FAILED" else "running"),
+                duration_s=metrics.pop("duration_s", None),
+                metrics=metrics,
+                artifacts=json.loads(tags.get(ARTIFACTS_TAG, "{}")),
+                error=tags.get(ERROR_TAG),
+                failures=failures,
+                mlflow_run_id=r.info.run_id,
+            )
+        )
+    return out
+
+
+def write(summary: RunSummary, runs_dir: str | Path) -> Path:
+    runs = Path(runs_dir)
+    run_dir = runs / summary.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary.run_dir = str(run_dir)
+    path = run_dir / "summary.json"
+    path.write_text(summary.to_json())
+    latest = runs / "latest"
+    tmp = runs / f".latest-{summary.run_id}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(summary.run_id, target_is_directory=True)
+    os.replace(tmp, latest)  # atomic: a reader never sees runs/latest missing
+    return path
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4g}"
+
+
+def render(summary: RunSummary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(100, Console().width))
+    colour = {"succeeded": "green", "failed": "red", "skipped": "dim", "not run": "yellow"}
+    t = Table(
+        title=f"{summary.pipeline} · run {summary.run_id} · preset {summary.preset} · {summary.placement}"
+    )
+    t.add_column("stage")
+    t.add_column("status")
+    t.add_column("time", justify="right")
+    t.add_column("key metrics")
+    for s in summary.stages:
+        keys = HEADLINE.get(s.name, tuple(s.metrics)[:4])
+        shown = ", ".join(f"{k}={_fmt(s.metrics[k])}" for k in keys if k in s.metrics)
+        dur = f"{s.duration_s:.1f}s" if s.duration_s is not None else "-"
+        t.add_row(s.name, f"[{colour.get(s.status, 'white')}]{s.status}[/]", dur, shown)
+    console.print(t)
+    for s in summary.stages:
+        for name, path in s.artifacts.items():
+            console.print(f"  {s.name}.{name}: {path}", soft_wrap=True)
+    st = "green" if summary.status == "succeeded" else "red"
+    console.print(
+        f"[{st}]run {summary.status}[/] in {summary.duration_s:.1f}s · summary {summary.run_dir}/summary.json"
+    )
+    console.print(
+        f"MLflow: {summary.mlflow.get('tracking_uri')} (parent run {summary.mlflow.get('parent_run_id')})",
+        soft_wrap=True,
+    )
+    failed = [s for s in summary.stages if s.status == "failed"]
+    for s in failed:
+        console.print(f"[red]stage {s.name} failed:[/]")
+        console.print(s.error or "", soft_wrap=True, markup=False, highlight=False)

@@ -1,0 +1,1 @@
+"""Synthesise the ad world into the data contract."""

@@ -1,0 +1,46 @@
+"""Shared fixtures: a small synthetic world generated once per session, settings pointing at temp folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adflow.config import Settings, load_settings
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SMALL = [
+    "world.n_users=150",
+    "world.n_items=120",
+    "world.sessions_per_user=4",
+    "world.n_pairs=200",
+    "world.image_size=32",
+]
+
+
+def small_settings(tmp: Path, *extra: str) -> Settings:
+    return load_settings(
+        "tiny",
+        "local",
+        [*SMALL, f"placement.workspace={tmp / 'ws'}", f"placement.runs_dir={tmp / 'runs'}", *extra],
+    )
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small world (read-only: copy it before changing anything)."""
+    from adflow.data.world import generate
+
+    out = tmp_path_factory.mktemp("world") / "small"
+    generate(small_settings(out.parent).world, out)
+    return out
+
+
+@pytest.fixture
+def world_copy(small_world: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "dataset"
+    shutil.copytree(small_world, dst)
+    return dst

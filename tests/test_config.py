@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from adflow.config import PRESET_DIR, ConfigError, Settings, load_settings, parse_override, settings_from_json
+
+
+@pytest.mark.parametrize("preset", ["tiny", "full"])
+@pytest.mark.parametrize("placement", ["local", "cluster"])
+def test_every_preset_and_placement_validates(preset: str, placement: str) -> None:
+    s = load_settings(preset, placement)
+    assert s.preset == preset
+    assert s.placement.name == placement
+
+
+def test_full_is_bigger_on_the_same_schema() -> None:
+    tiny, full = load_settings("tiny"), load_settings("full")
+    assert full.world.n_users > 100 * tiny.world.n_users
+    assert full.world.image_size > tiny.world.image_size
+    assert set(tiny.model_dump()) == set(full.model_dump())
+
+
+def test_presets_keep_placement_out(tmp_path: Path) -> None:
+    import yaml
+
+    for name in ("tiny", "full"):
+        assert "placement" not in yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+    for name in ("local", "cluster"):
+        assert not {"world", "validation", "data"} & set(
+            yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+        )
+    bad = tmp_path / "mixed.yaml"
+    bad.write_text("preset: mixed\nplacement:\n  num_workers: 4\n")
+    with pytest.raises(ConfigError, match="placement"):
+        load_settings(str(bad))
+
+
+def test_overrides_apply_with_types() -> None:
+    s = load_settings("tiny", "local", ["world.n_users=800", "placement.use_gpu=true", "world.base_ctr=0.1"])
+    assert s.world.n_users == 800 and isinstance(s.world.n_users, int)
+    assert s.placement.use_gpu is True
+    assert s.world.base_ctr == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("world.n_user=800", "world.n_user"),  # typo: unknown key named
+        ("wrld.n_users=800", "wrld"),
+        ("world.n_users=-5", "world.n_users"),
+        ("validation.click_rate_min=0.9", "click_rate_min"),  # above click_rate_max
+        ("data.source=movielens", "data.path"),  # import without a path
+    ],
+)
+def test_bad_settings_are_refused_with_the_key_named(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings("tiny", "local", [override])
+    assert message in str(e.value)
+
+
+def test_unknown_preset_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="tiny, full"):
+        load_settings("huge")
+
+
+def test_unknown_key_in_a_yaml_file_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("preset: p\nworld:\n  n_users: 10\n  colour_count: 3\n")
+    with pytest.raises(ConfigError, match="colour_count"):
+        load_settings(str(f))
+
+
+def test_override_parsing() -> None:
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=x y") == (["a"], "x y")
+    with pytest.raises(ConfigError):
+        parse_override("novalue")
+
+
+def test_json_round_trip_and_resolved_paths(tmp_path: Path) -> None:
+    s = load_settings("tiny", "local", ["placement.workspace=rel/ws"])
+    r = s.resolved()
+    assert Path(r.placement.workspace).is_absolute()
+    assert settings_from_json(r.to_json()) == r
+    assert isinstance(r, Settings)

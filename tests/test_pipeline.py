@@ -1,0 +1,177 @@
+"""ads_full through the KFP local runner: summaries, both data branches, and validation stopping the run."""
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from adflow.runner import run_pipeline
+from adflow.tracking import client
+
+from .conftest import small_settings
+from .test_importers import U_DATA, U_ITEM, _ml
+
+pytestmark = pytest.mark.slow
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_synth_run_end_to_end(tmp_path: Path) -> None:
+    s = small_settings(tmp_path)
+    summary = run_pipeline(s, show=False)
+    assert summary.status == "succeeded", summary.error
+    stages = {st.name: st for st in summary.stages}
+    assert [st.name for st in summary.stages] == ["synth", "ingest", "validate"]
+    assert stages["synth"].status == "succeeded" and stages["ingest"].status == "skipped"
+    assert stages["synth"].metrics["oracle_auc"] > 0.7
+    assert stages["validate"].metrics["expectations_failed"] == 0
+    assert Path(stages["validate"].artifacts["data_docs"]).is_file()
+    assert all(st.duration_s and st.duration_s > 0 for st in summary.stages if st.status == "succeeded")
+    run_json = tmp_path / "runs" / summary.run_id / "summary.json"
+    latest = tmp_path / "runs" / "latest" / "summary.json"
+    assert json.loads(run_json.read_text()) == json.loads(latest.read_text())
+    assert json.loads(latest.read_text())["stages"][0]["metrics"]["rows_impressions"] > 0
+    # MLflow has one parent run with a child per stage that ran
+    c = client(s.resolved().placement.tracking_uri())
+    parent = c.get_run(summary.mlflow["parent_run_id"])
+    children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["adflow.stage"] for r in children) == ["synth", "validate"]
+    assert parent.info.status == "FINISHED"
+
+
+def test_import_branch_runs_instead_of_synth(tmp_path: Path) -> None:
+    ml = _ml(tmp_path)
+    s = small_settings(
+        tmp_path,
+        "data.source=movielens",
+        f"data.path={ml}",
+        "validation.click_rate_min=0",
+        "validation.click_rate_max=1",
+    )
+    summary = run_pipeline(s, show=False)
+    stages = {st.name: st for st in summary.stages}
+    assert summary.status == "succeeded", summary.error
+    assert stages["synth"].status == "skipped" and stages["ingest"].status == "succeeded"
+    assert stages["ingest"].metrics["rows_impressions"] == len(U_DATA.splitlines())
+    assert U_ITEM  # the same fixture files the importer tests use
+
+
+# ---- corruptions: each table broken in its own way; each caught by the right check; nothing accepted changes
+
+
+def _nulls_in_keys(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "users.parquet")
+    df["user_id"] = df["user_id"].astype("Int64")
+    df.loc[[3, 7], "user_id"] = pd.NA
+    df.to_parquet(d / "users.parquet", index=False)
+    return "users", "nulls", "user_id"
+
+
+def _prices(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "items.parquet")
+    df.loc[0, "price"] = -4.0
+    df.loc[1, "price"] = 5e6
+    df.to_parquet(d / "items.parquet", index=False)
+    return "items", "range", "price"
+
+
+def _unknown_items(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "impressions.parquet")
+    df.loc[df.index[:5], "item_id"] = 987654
+    df.to_parquet(d / "impressions.parquet", index=False)
+    return "impressions", "referential integrity -> items.item_id", "item_id"
+
+
+def _duplicate_keys(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "creatives.parquet")
+    df.loc[1, "creative_id"] = df.loc[0, "creative_id"]
+    df.to_parquet(d / "creatives.parquet", index=False)
+    return "creatives", "key uniqueness", "creative_id"
+
+
+def _dropped_column(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "behaviour.parquet").drop(columns=["event_type"])
+    df.to_parquet(d / "behaviour.parquet", index=False)
+    return "behaviour", "schema: columns", None
+
+
+def _shifted_click_rate(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "impressions.parquet")
+    rate = df["click"].mean()
+    flip = df.index[df["click"] == 0][
+        : int(0.8 * rate * len(df))
+    ]  # ~1.8x the clicks: inside the absolute bounds
+    df.loc[flip, "click"] = 1
+    assert df["click"].mean() < 0.30
+    df.to_parquet(d / "impressions.parquet", index=False)
+    return "impressions", "drift: label rate", "click"
+
+
+def _future_queries(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "queries.parquet")
+    df.loc[0, "ts"] = pd.Timestamp("2100-01-01", tz="UTC")
+    df.to_parquet(d / "queries.parquet", index=False)
+    return "queries", "timestamp sanity", "ts"
+
+
+def _bad_pair_label(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "creative_pairs.parquet")
+    df.loc[0, "label"] = "C"
+    df.to_parquet(d / "creative_pairs.parquet", index=False)
+    return "creative_pairs", "allowed values", "label"
+
+
+CORRUPTIONS: list[Callable[[Path], tuple[str, str, str | None]]] = [
+    _nulls_in_keys, _prices, _unknown_items, _duplicate_keys, _dropped_column, _shifted_click_rate, _future_queries, _bad_pair_label,
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def accepted_workspace(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace where a clean dataset was accepted by a pipeline run (its profile is the drift reference)."""
+    root = tmp_path_factory.mktemp("accepted")
+    clean = root / "clean"
+    shutil.copytree(small_world, clean)
+    summary = run_pipeline(small_settings(root, "data.source=dataset", f"data.path={clean}"), show=False)
+    assert summary.status == "succeeded", summary.error
+    return root
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
+def test_corruption_stops_the_pipeline(
+    corrupt: Callable[[Path], tuple[str, str, str | None]],
+    accepted_workspace: Path,
+    small_world: Path,
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(small_world, bad)
+    table, check, column = corrupt(bad)
+    accepted = accepted_workspace / "ws" / "accepted"
+    before = _digest(accepted)
+    s = small_settings(accepted_workspace, "data.source=dataset", f"data.path={bad}")
+    summary = run_pipeline(s, show=False)
+
+    assert summary.status == "failed"
+    stages = {st.name: st for st in summary.stages}
+    v = stages["validate"]
+    assert v.status == "failed"
+    expected = f"{table}.{column}: {check}" if column else f"{table}: {check}"
+    assert any(line.startswith(expected) for line in v.failures), v.failures
+    assert v.error and expected in v.error and "report:" in v.error  # the message names it and the report
+    assert Path(v.artifacts["data_docs"]).is_file()
+    after_validate = [st for st in summary.stages[[st.name for st in summary.stages].index("validate") + 1 :]]
+    assert all(st.status == "not run" for st in after_validate)
+    assert _digest(accepted) == before  # earlier accepted outputs are untouched
+    on_disk = json.loads((accepted_workspace / "runs" / summary.run_id / "summary.json").read_text())
+    assert on_disk["status"] == "failed"
