@@ -1,5 +1,6 @@
 # adflow — one interface for people and CI. `make help` lists the targets.
 SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 PYTHON ?= python3.11
 VENV := .venv
@@ -11,6 +12,8 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.adflow/torch_extensions
 export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
 export MLFLOW_ENABLE_ASYNC_LOGGING := false
+# This machine's pip config lists local index folders that lack most packages; pip warns per package.
+QUIET_PIP := grep -v "^WARNING: Location 'file:" || true
 
 ARGS ?=
 
@@ -24,9 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, from the CPU wheel; deepspeed builds against it without an isolated build env
 	# (an isolated build would fetch an unpinned CUDA torch). Everything is pinned by constraints.txt.
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 setuptools==84.2.1 wheel ninja==1.13.2 \
-	  py-cpuinfo==9.0.0 psutil==7.2.2 numpy==2.4.6 packaging==26.3
-	$(BIN)/pip install -q -c constraints.txt --no-build-isolation deepspeed==0.19.8
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	  py-cpuinfo==9.0.0 psutil==7.2.2 numpy==2.4.6 packaging==26.3 2>&1 | { $(QUIET_PIP); }
+	$(BIN)/pip install -q -c constraints.txt --no-build-isolation deepspeed==0.19.8 2>&1 | { $(QUIET_PIP); }
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]' 2>&1 | { $(QUIET_PIP); }
 	@touch $(STAMP)
 
 setup: $(STAMP) ## create .venv with the locked dependencies (only if missing or stale)

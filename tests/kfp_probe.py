@@ -6,17 +6,17 @@ Lives in a module (not in a test function) because KFP ships component bodies as
 from kfp import dsl
 
 
-@dsl.component(install_kfp_package=False)
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
 def echo(text: str) -> str:
     return text
 
 
-@dsl.component(install_kfp_package=False)
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
 def passes(score: float, bar: float) -> bool:
     return score >= bar
 
 
-@dsl.component(install_kfp_package=False)
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
 def mark(text: str, out: dsl.Output[dsl.Artifact]) -> None:
     with open(out.path, "w") as f:
         f.write(text)

@@ -95,7 +95,7 @@ def draw_clutter(img: Image.Image, rng: np.random.Generator, level: float) -> No
     """Random lines, boxes and blobs in random colours: the background noise a core-region detector removes."""
     d = ImageDraw.Draw(img)
     s = img.size[0]
-    for _ in range(int(round(level * 30))):
+    for _ in range(round(level * 30)):
         c = tuple(int(v) for v in rng.integers(0, 256, 3))
         x, y = rng.uniform(0, s, 2)
         w, h = rng.uniform(s * 0.05, s * 0.35, 2)

@@ -208,7 +208,7 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
     popularity = rng.normal(0.0, 1.0, n_items)
     style_mult = np.array([1.0, 1.2, 3.0, 0.8])[style]
     price = np.round(np.exp(rng.normal(3.0 + 0.15 * (cat % 8), 0.35, n_items)) * style_mult, 2)
-    n_cold = int(round(cfg.cold_start_frac * n_items))
+    n_cold = round(cfg.cold_start_frac * n_items)
     is_cold = np.zeros(n_items, dtype=bool)
     is_cold[rng.choice(np.arange(K, n_items), size=min(n_cold, n_items - K), replace=False)] = True
     launch = np.where(
@@ -454,7 +454,7 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
         for u_ in range(n_users)
     ]
     unseen = np.zeros(n_items, dtype=bool)
-    unseen[rng.choice(n_items, size=int(round(cfg.unseen_item_frac * n_items)), replace=False)] = True
+    unseen[rng.choice(n_items, size=round(cfg.unseen_item_frac * n_items), replace=False)] = True
     factors = creatives[["prominence", "clutter", "legibility", "theme"]].to_dict("records")
     pairs: list[dict[str, object]] = []
     attempts = 0
