@@ -40,4 +40,6 @@ def test_contract_doc_is_current() -> None:
     from adflow.contract import schema_markdown
 
     doc = Path(__file__).parents[1] / "docs" / "data-contract.md"
-    assert doc.read_text().strip() == schema_markdown().strip(), "regenerate: adflow data contract > docs/data-contract.md"
+    assert doc.read_text().strip() == schema_markdown().strip(), (
+        "regenerate: adflow data contract > docs/data-contract.md"
+    )

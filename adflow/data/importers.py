@@ -43,9 +43,15 @@ EARLIEST_TS = 946684800  # 2000-01-01: older epoch values are almost always a un
 class ImportFormatError(ValueError):
     """A malformed input file. The message names the file, the line (1-based) and column, and what was expected."""
 
-    def __init__(self, path: str | Path, line: int | None, column: str | None, expected: str, got: object = None):
+    def __init__(
+        self, path: str | Path, line: int | None, column: str | None, expected: str, got: object = None
+    ):
         self.path, self.line, self.column, self.expected, self.got = str(path), line, column, expected, got
-        where = f"{path}" + (f", line {line}" if line is not None else "") + (f", column '{column}'" if column else "")
+        where = (
+            f"{path}"
+            + (f", line {line}" if line is not None else "")
+            + (f", column '{column}'" if column else "")
+        )
         tail = "" if got is None else f", got {got!r}"
         super().__init__(f"{where}: expected {expected}{tail}")
 
@@ -53,7 +59,9 @@ class ImportFormatError(ValueError):
 # ---------------------------------------------------------------- reading helpers
 
 
-def _read_delimited(path: Path, sep: str, n_fields: int, names: tuple[str, ...], header: bool, encoding: str = "utf-8") -> pd.DataFrame:
+def _read_delimited(
+    path: Path, sep: str, n_fields: int, names: tuple[str, ...], header: bool, encoding: str = "utf-8"
+) -> pd.DataFrame:
     """Read a delimited file as strings, checking the field count of every line (reported with its line number)."""
     if not path.exists():
         raise ImportFormatError(path, None, None, "an existing file")
@@ -69,7 +77,9 @@ def _read_delimited(path: Path, sep: str, n_fields: int, names: tuple[str, ...],
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank lines carry nothing
                 if len(row) != n_fields:
-                    raise ImportFormatError(path, line, None, f"{n_fields} fields separated by {sep!r}", f"{len(row)} fields")
+                    raise ImportFormatError(
+                        path, line, None, f"{n_fields} fields separated by {sep!r}", f"{len(row)} fields"
+                    )
                 rows.append(row)
                 line_nos.append(line)
         except UnicodeDecodeError as e:
@@ -81,7 +91,14 @@ def _read_delimited(path: Path, sep: str, n_fields: int, names: tuple[str, ...],
     return df
 
 
-def _ints(df: pd.DataFrame, col: str, path: Path, what: str = "an integer", lo: int | None = None, hi: int | None = None) -> pd.Series:
+def _ints(
+    df: pd.DataFrame,
+    col: str,
+    path: Path,
+    what: str = "an integer",
+    lo: int | None = None,
+    hi: int | None = None,
+) -> pd.Series:
     s = pd.to_numeric(df[col].str.strip(), errors="coerce")
     bad = s.isna() | (s != s.round())
     if lo is not None:
@@ -103,7 +120,11 @@ def _sessions(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
 
 def _default_creatives(items: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
-        {"creative_id": items["item_id"].to_numpy(), "item_id": items["item_id"].to_numpy(), "image_path": items["image_path"].to_numpy()}
+        {
+            "creative_id": items["item_id"].to_numpy(),
+            "item_id": items["item_id"].to_numpy(),
+            "image_path": items["image_path"].to_numpy(),
+        }
     )
 
 
@@ -111,7 +132,9 @@ def _epoch(s: pd.Series) -> pd.Series:
     return pd.to_datetime(s.astype(np.int64), unit="s", utc=True)
 
 
-def _write(out: Path, source: str, tables: dict[str, pd.DataFrame], extra: dict[str, object]) -> dict[str, object]:
+def _write(
+    out: Path, source: str, tables: dict[str, pd.DataFrame], extra: dict[str, object]
+) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         write_table(out, name, df)
@@ -128,7 +151,9 @@ def _fresh_out(out: str | Path) -> Path:
 # ---------------------------------------------------------------- Taobao UserBehavior
 
 
-def import_taobao(csv_path: str | Path, out: str | Path, catalog: str | Path | None = None, images: str | Path | None = None) -> dict[str, object]:
+def import_taobao(
+    csv_path: str | Path, out: str | Path, catalog: str | Path | None = None, images: str | Path | None = None
+) -> dict[str, object]:
     path = Path(csv_path)
     out_dir = _fresh_out(out)
     raw = _read_delimited(path, ",", 5, TAOBAO_COLUMNS, header=False)
@@ -137,19 +162,34 @@ def import_taobao(csv_path: str | Path, out: str | Path, catalog: str | Path | N
     df = pd.DataFrame({"_line": raw["_line"]})
     for col in ("user_id", "item_id", "category_id"):
         df[col] = _ints(raw, col, path, "a non-negative integer id", lo=0)
-    df["timestamp"] = _ints(raw, "timestamp", path, f"a Unix timestamp in seconds (>= {EARLIEST_TS})", lo=EARLIEST_TS)
+    df["timestamp"] = _ints(
+        raw, "timestamp", path, f"a Unix timestamp in seconds (>= {EARLIEST_TS})", lo=EARLIEST_TS
+    )
     beh = raw["behavior_type"].str.strip()
     bad = ~beh.isin(list(TAOBAO_BEHAVIOURS))
     if bad.any():
         k = int(np.argmax(bad.to_numpy()))
-        raise ImportFormatError(path, int(raw["_line"].iloc[k]), "behavior_type", f"one of {sorted(TAOBAO_BEHAVIOURS)}", beh.iloc[k])
+        raise ImportFormatError(
+            path,
+            int(raw["_line"].iloc[k]),
+            "behavior_type",
+            f"one of {sorted(TAOBAO_BEHAVIOURS)}",
+            beh.iloc[k],
+        )
     df["event_type"] = beh.map(TAOBAO_BEHAVIOURS)
     df = df.sort_values(["user_id", "timestamp", "_line"], kind="stable").reset_index(drop=True)
 
     # click label for a view: the user engages with the item at or after it
-    engaged = df[df["event_type"] != "view"].groupby(["user_id", "item_id"])["timestamp"].max().rename("last_engaged")
+    engaged = (
+        df[df["event_type"] != "view"]
+        .groupby(["user_id", "item_id"])["timestamp"]
+        .max()
+        .rename("last_engaged")
+    )
     views = df[df["event_type"] == "view"].join(engaged, on=["user_id", "item_id"])
-    views["click"] = (views["last_engaged"].notna() & (views["last_engaged"] >= views["timestamp"])).astype(np.int64)
+    views["click"] = (views["last_engaged"].notna() & (views["last_engaged"] >= views["timestamp"])).astype(
+        np.int64
+    )
     views["session_id"] = _sessions(views["user_id"].to_numpy(), views["timestamp"].to_numpy())
     views = views.sort_values(["timestamp", "user_id"], kind="stable").reset_index(drop=True)
     impressions = pd.DataFrame(
@@ -176,7 +216,9 @@ def import_taobao(csv_path: str | Path, out: str | Path, catalog: str | Path | N
             "value": np.nan,
         }
     )
-    first = df.groupby("item_id").agg(category_id=("category_id", lambda s: s.mode().iloc[0]), first_ts=("timestamp", "min"))
+    first = df.groupby("item_id").agg(
+        category_id=("category_id", lambda s: s.mode().iloc[0]), first_ts=("timestamp", "min")
+    )
     items = pd.DataFrame(
         {
             "item_id": first.index.to_numpy(),
@@ -193,7 +235,17 @@ def import_taobao(csv_path: str | Path, out: str | Path, catalog: str | Path | N
         missing = set(items["item_id"]) - set(cat_items["item_id"])
         known = cat_items.set_index("item_id")
         items = items.set_index("item_id")
-        for col in ("title", "category", "attributes", "price", "image_path", "box_x0", "box_y0", "box_x1", "box_y1"):
+        for col in (
+            "title",
+            "category",
+            "attributes",
+            "price",
+            "image_path",
+            "box_x0",
+            "box_y0",
+            "box_x1",
+            "box_y1",
+        ):
             items[col] = known[col].reindex(items.index).where(lambda s: s.notna(), items.get(col))
         items = items.reset_index()
         extra_note = {"catalog_items_missing": len(missing), "images_copied": n_copied}
@@ -232,15 +284,27 @@ def import_movielens(directory: str | Path, out: str | Path) -> dict[str, object
     dup = item_ids.duplicated()
     if dup.any():
         k = int(np.argmax(dup.to_numpy()))
-        raise ImportFormatError(item_path, int(raw_items["_line"].iloc[k]), "item_id", "a unique item id", int(item_ids.iloc[k]))
+        raise ImportFormatError(
+            item_path, int(raw_items["_line"].iloc[k]), "item_id", "a unique item id", int(item_ids.iloc[k])
+        )
     flags = {g: _ints(raw_items, g, item_path, "a genre flag 0 or 1", lo=0, hi=1) for g in ML_GENRES}
     unknown = ~ratings["item_id"].isin(set(item_ids))
     if unknown.any():
         k = int(np.argmax(unknown.to_numpy()))
-        raise ImportFormatError(data_path, int(ratings["_line"].iloc[k]), "item_id", f"an item id listed in {item_path.name}", int(ratings["item_id"].iloc[k]))
-    release = pd.to_datetime(raw_items["release_date"].str.strip(), format="%d-%b-%Y", errors="coerce", utc=True)
+        raise ImportFormatError(
+            data_path,
+            int(ratings["_line"].iloc[k]),
+            "item_id",
+            f"an item id listed in {item_path.name}",
+            int(ratings["item_id"].iloc[k]),
+        )
+    release = pd.to_datetime(
+        raw_items["release_date"].str.strip(), format="%d-%b-%Y", errors="coerce", utc=True
+    )
     first_rating = ratings.groupby("item_id")["timestamp"].min()
-    fallback = _epoch(first_rating.reindex(item_ids.to_numpy()).fillna(ratings["timestamp"].min()).astype(np.int64))
+    fallback = _epoch(
+        first_rating.reindex(item_ids.to_numpy()).fillna(ratings["timestamp"].min()).astype(np.int64)
+    )
     launch = release.where(release.notna(), pd.Series(fallback.to_numpy(), index=release.index))
     genres = [[g for g in ML_GENRES if flags[g].iloc[k] == 1] or ["unknown"] for k in range(len(raw_items))]
     items = pd.DataFrame(
@@ -248,7 +312,10 @@ def import_movielens(directory: str | Path, out: str | Path) -> dict[str, object
             "item_id": item_ids.to_numpy(),
             "title": raw_items["title"].str.strip().to_numpy(),
             "category": [g[0] for g in genres],
-            "attributes": [json.dumps({"genres": g, "release_date": r.strip()}) for g, r in zip(genres, raw_items["release_date"], strict=True)],
+            "attributes": [
+                json.dumps({"genres": g, "release_date": r.strip()})
+                for g, r in zip(genres, raw_items["release_date"], strict=True)
+            ],
             "price": np.nan,
             "image_path": None,
             "launch_ts": launch.to_numpy(),
@@ -282,7 +349,13 @@ def import_movielens(directory: str | Path, out: str | Path) -> dict[str, object
         }
     )
     users = pd.DataFrame({"user_id": np.sort(r["user_id"].unique()), "segment": None})
-    tables = {"items": items, "creatives": _default_creatives(items), "users": users, "impressions": impressions, "behaviour": behaviour}
+    tables = {
+        "items": items,
+        "creatives": _default_creatives(items),
+        "users": users,
+        "impressions": impressions,
+        "behaviour": behaviour,
+    }
     return _write(out_dir, "movielens-100k", tables, {"input": str(d)})
 
 
@@ -304,10 +377,14 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
     header = [h.strip() for h in header]
     for col in CATALOG_REQUIRED:
         if col not in header:
-            raise ImportFormatError(path, 1, col, f"a header naming the required column '{col}'", ",".join(header))
+            raise ImportFormatError(
+                path, 1, col, f"a header naming the required column '{col}'", ",".join(header)
+            )
     for col in header:
         if col not in CATALOG_REQUIRED + CATALOG_OPTIONAL:
-            raise ImportFormatError(path, 1, col, f"only known columns ({', '.join(CATALOG_REQUIRED + CATALOG_OPTIONAL)})", col)
+            raise ImportFormatError(
+                path, 1, col, f"only known columns ({', '.join(CATALOG_REQUIRED + CATALOG_OPTIONAL)})", col
+            )
     raw = _read_delimited(path, ",", len(header), tuple(header), header=True)
     if raw.empty:
         raise ImportFormatError(path, None, None, "at least one item row")
@@ -315,7 +392,9 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
     dup = items["item_id"].duplicated()
     if dup.any():
         k = int(np.argmax(dup.to_numpy()))
-        raise ImportFormatError(path, int(raw["_line"].iloc[k]), "item_id", "a unique item id", int(items["item_id"].iloc[k]))
+        raise ImportFormatError(
+            path, int(raw["_line"].iloc[k]), "item_id", "a unique item id", int(items["item_id"].iloc[k])
+        )
     for col in ("title", "category"):
         empty = raw[col].str.strip() == ""
         if empty.any():
@@ -346,12 +425,16 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
             try:
                 json.loads(text)
             except json.JSONDecodeError as e:
-                raise ImportFormatError(path, int(raw["_line"].iloc[k]), "attributes", "a JSON object or k=v;k=v pairs", text) from e
+                raise ImportFormatError(
+                    path, int(raw["_line"].iloc[k]), "attributes", "a JSON object or k=v;k=v pairs", text
+                ) from e
             attrs.append(text)
         else:
             pairs = [p.split("=", 1) for p in text.split(";") if p.strip()]
             if any(len(p) != 2 for p in pairs):
-                raise ImportFormatError(path, int(raw["_line"].iloc[k]), "attributes", "a JSON object or k=v;k=v pairs", text)
+                raise ImportFormatError(
+                    path, int(raw["_line"].iloc[k]), "attributes", "a JSON object or k=v;k=v pairs", text
+                )
             attrs.append(json.dumps({a.strip(): b.strip() for a, b in pairs}, sort_keys=True))
     items["attributes"] = attrs
     if "launch_ts" in raw:
@@ -359,7 +442,13 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
         bad = ts.isna()
         if bad.any():
             k = int(np.argmax(bad.to_numpy()))
-            raise ImportFormatError(path, int(raw["_line"].iloc[k]), "launch_ts", "an ISO-8601 date or time", raw["launch_ts"].iloc[k])
+            raise ImportFormatError(
+                path,
+                int(raw["_line"].iloc[k]),
+                "launch_ts",
+                "an ISO-8601 date or time",
+                raw["launch_ts"].iloc[k],
+            )
         items["launch_ts"] = ts
     else:
         items["launch_ts"] = pd.Timestamp("2000-01-01", tz="UTC")
@@ -383,15 +472,25 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
             if not src.is_file():
                 raise ImportFormatError(path, line, "image", f"a file inside {images}", named)
         else:
-            found = [images / f"{item_id}{suf}" for suf in IMAGE_SUFFIXES if (images / f"{item_id}{suf}").is_file()]
+            found = [
+                images / f"{item_id}{suf}" for suf in IMAGE_SUFFIXES if (images / f"{item_id}{suf}").is_file()
+            ]
             if not found:
-                raise ImportFormatError(path, line, "image", f"an image named {item_id}.png/.jpg in {images} (or an 'image' column)", None)
+                raise ImportFormatError(
+                    path,
+                    line,
+                    "image",
+                    f"an image named {item_id}.png/.jpg in {images} (or an 'image' column)",
+                    None,
+                )
             src = found[0]
         try:
             with Image.open(src) as im:
                 im.verify()
         except (UnidentifiedImageError, OSError) as e:
-            raise ImportFormatError(path, line, "image", "a readable PNG/JPEG/WebP image", f"{src.name}: {e}") from e
+            raise ImportFormatError(
+                path, line, "image", "a readable PNG/JPEG/WebP image", f"{src.name}: {e}"
+            ) from e
         rel = f"images/items/{item_id}{src.suffix.lower()}"
         shutil.copyfile(src, out_dir / rel)
         copied += 1
@@ -400,7 +499,9 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
     return items, copied
 
 
-def import_catalog(catalog: str | Path, out: str | Path, images: str | Path | None = None) -> dict[str, object]:
+def import_catalog(
+    catalog: str | Path, out: str | Path, images: str | Path | None = None
+) -> dict[str, object]:
     """A catalog alone: items and their default creatives; users, impressions and behaviour stay empty."""
     out_dir = _fresh_out(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -412,7 +513,9 @@ def import_catalog(catalog: str | Path, out: str | Path, images: str | Path | No
         "impressions": empty_frame("impressions"),
         "behaviour": empty_frame("behaviour"),
     }
-    return _write(out_dir, "catalog", tables, {"input": str(catalog), "images_copied": copied, "catalog_only": True})
+    return _write(
+        out_dir, "catalog", tables, {"input": str(catalog), "images_copied": copied, "catalog_only": True}
+    )
 
 
 IMPORTERS = {"taobao": import_taobao, "movielens": import_movielens, "catalog": import_catalog}

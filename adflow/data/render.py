@@ -41,7 +41,9 @@ def _polygon(shape: str, box: Box) -> list[tuple[float, float]]:
     if shape == "diamond":
         return [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
     if shape == "hexagon":
-        return [(cx + w / 2 * math.cos(a), cy + h / 2 * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 7)[:-1]]
+        return [
+            (cx + w / 2 * math.cos(a), cy + h / 2 * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 7)[:-1]
+        ]
     if shape == "star":
         pts = []
         for k in range(10):
@@ -83,7 +85,9 @@ def draw_object(img: Image.Image, box: Box, shape: str, colour: str, style: str,
             y = y0 + h * (0.25 + 0.17 * k)
             d.line((x0 + w * 0.3, y, x1 - w * 0.3, y), fill=contrast, width=max(1, int(h / 20)))
     if style == "sport":
-        d.line((x0 + w * 0.3, y0 + h * 0.3, x1 - w * 0.3, y1 - h * 0.3), fill=contrast, width=max(1, int(w / 10)))
+        d.line(
+            (x0 + w * 0.3, y0 + h * 0.3, x1 - w * 0.3, y1 - h * 0.3), fill=contrast, width=max(1, int(w / 10))
+        )
     elif style == "casual":
         r = max(1.0, w / 14)
         for fx, fy in ((0.4, 0.4), (0.6, 0.45), (0.5, 0.62)):
@@ -147,7 +151,12 @@ def render_creative(
     w = prominence * (size - banner_h)
     cx = size / 2 + float(rng.uniform(-0.05, 0.05)) * size
     cy = (size - banner_h) / 2
-    box = (max(0.0, cx - w / 2), max(0.0, cy - w / 2), min(size - 1.0, cx + w / 2), min(size - banner_h - 1.0, cy + w / 2))
+    box = (
+        max(0.0, cx - w / 2),
+        max(0.0, cy - w / 2),
+        min(size - 1.0, cx + w / 2),
+        min(size - banner_h - 1.0, cy + w / 2),
+    )
     draw_object(img, box, shape, colour, style, striped)
     d = ImageDraw.Draw(img)
     banner = (230, 230, 230) if theme != "dark" else (30, 30, 30)

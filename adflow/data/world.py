@@ -59,7 +59,12 @@ SEGMENT_WEIGHTS: dict[str, dict[str, float]] = {
     "trend_seeker": {"prominence": 0.8, "clutter": -0.4, "legibility": 0.5, "theme": 0.9},
     "practical": {"prominence": 1.0, "clutter": -1.6, "legibility": 0.8, "theme": 0.5},
 }
-FAVOURITE_THEME = {"bargain_hunter": "bright", "brand_lover": "dark", "trend_seeker": "warm", "practical": "cool"}
+FAVOURITE_THEME = {
+    "bargain_hunter": "bright",
+    "brand_lover": "dark",
+    "trend_seeker": "warm",
+    "practical": "cool",
+}
 FACTOR_TEXT = {
     "prominence": "product prominence",
     "clutter": "background clutter",
@@ -94,7 +99,9 @@ def factor_contributions(a: dict[str, object], b: dict[str, object], segment: st
     return out
 
 
-def appeal(prominence: np.ndarray, clutter: np.ndarray, legibility: np.ndarray, theme: np.ndarray, segment: str) -> np.ndarray:
+def appeal(
+    prominence: np.ndarray, clutter: np.ndarray, legibility: np.ndarray, theme: np.ndarray, segment: str
+) -> np.ndarray:
     """Appeal of creatives (vectorised over arrays of factors) to one segment."""
     w = SEGMENT_WEIGHTS[segment]
     return (
@@ -307,7 +314,9 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
 
     def pick_users_items(u: np.ndarray, at_s: np.ndarray, match: float) -> np.ndarray:
         """Items for (user, time) draws: category from taste (prob `match`) or uniform; launched by then."""
-        cats = np.where(rng.random(len(u)) < match, _sample_rows(rng, cat_pref[u]), rng.integers(0, K, len(u)))
+        cats = np.where(
+            rng.random(len(u)) < match, _sample_rows(rng, cat_pref[u]), rng.integers(0, K, len(u))
+        )
         items_ = _draw_in_category(rng, cats, by_cat, cdf_by_cat)
         for _ in range(3):  # not launched yet: redraw, then fall back to a warm item of the category
             bad = launch[items_] > at_s
@@ -499,7 +508,9 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
         write_table(out, name, df)
     if pair_df is not None:
         write_table(out, "creative_pairs", pair_df)
-    oracle_auc = float(roc_auc_score(impressions["click"], slate["p_click"])) if click.min() != click.max() else 0.5
+    oracle_auc = (
+        float(roc_auc_score(impressions["click"], slate["p_click"])) if click.min() != click.max() else 0.5
+    )
     pd.DataFrame(
         {"impression_id": impressions["impression_id"], **{col: slate[col].to_numpy() for col in truth_cols}}
     ).to_parquet(out / "truth" / "impressions.parquet", index=False)
@@ -532,7 +543,12 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
     click_rate = float(impressions["click"].mean())
     meta = {
         "intercept": b0,
-        "weights": {"content": W_CONTENT, "appeal": W_APPEAL, "position": W_POSITION, "popularity": W_POPULARITY},
+        "weights": {
+            "content": W_CONTENT,
+            "appeal": W_APPEAL,
+            "position": W_POSITION,
+            "popularity": W_POPULARITY,
+        },
         "oracle_auc": oracle_auc,
         "click_rate": click_rate,
         "cold_start_items": int(is_cold.sum()),
@@ -560,4 +576,3 @@ def _sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(probs, axis=1)
     r = rng.random(len(probs))[:, None] * cdf[:, -1:]
     return np.minimum((cdf < r).sum(axis=1), probs.shape[1] - 1)
-

@@ -6,7 +6,9 @@ from adflow import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def ingest(settings_json: str, tracking_uri: str, parent_run_id: str, dataset: dsl.Output[dsl.Dataset]) -> None:
+def ingest(
+    settings_json: str, tracking_uri: str, parent_run_id: str, dataset: dsl.Output[dsl.Dataset]
+) -> None:
     """Copy or import the configured data source into the `dataset` artifact."""
     from components.data.ingest.core import run
 

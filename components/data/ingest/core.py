@@ -18,7 +18,9 @@ from adflow.tracking import stage_run
 STAGE = "ingest"
 
 
-def ingest(source: str, path: str, out_dir: str | Path, catalog: str | None = None, images: str | None = None) -> dict[str, Any]:
+def ingest(
+    source: str, path: str, out_dir: str | Path, catalog: str | None = None, images: str | None = None
+) -> dict[str, Any]:
     out = Path(out_dir)
     if source == "dataset":
         read_manifest(Path(path))  # a clear error if the folder is not a dataset at all
