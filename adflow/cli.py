@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,9 +27,13 @@ app = typer.Typer(
 data_app = typer.Typer(help="Generate, import and validate datasets.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Compile pipelines.", no_args_is_help=True)
 config_app = typer.Typer(help="Show resolved settings.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Registry: promote, roll back, and show the history of model aliases.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(config_app, name="config")
+app.add_typer(model_app, name="model")
 
 Preset = Annotated[str, typer.Option("--preset", "-p", help="what to train: tiny | full | path to a YAML")]
 Placement = Annotated[
@@ -162,6 +166,87 @@ def config_show(preset: Preset = "tiny", placement: Placement = "local", set_: S
     import yaml
 
     typer.echo(yaml.safe_dump(_settings(preset, placement, set_).model_dump(), sort_keys=False))
+
+
+def _uri(placement: str, sets: list[str] | None) -> str:
+    return _settings("tiny", placement, sets).resolved().placement.tracking_uri()
+
+
+def _registry_call(fn: Any) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    from adflow.registry import RegistryError
+
+    try:
+        return fn()
+    except (RegistryError, MlflowException) as e:
+        typer.secho(f"error: {getattr(e, 'message', e)}", fg="red", err=True)
+        raise typer.Exit(2) from e
+
+
+@model_app.command("promote")
+def model_promote(
+    name: Annotated[str, typer.Argument(help="registered model name, e.g. ctr-ciubm")],
+    reason: Annotated[str, typer.Option(help="why (recorded in the history)")],
+    to: Annotated[str, typer.Option(help="alias to move")] = "champion",
+    version: Annotated[int | None, typer.Option(help="version to promote (default: the challenger)")] = None,
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Point an alias (default champion) at a version (default: the current challenger)."""
+    from adflow.registry import promote
+
+    m = _registry_call(lambda: promote(_uri(placement, set_), name, reason, version, to))
+    typer.echo(f"{name}@{m.alias}: {m.from_version} -> {m.to_version} ({m.reason})")
+
+
+@model_app.command("rollback")
+def model_rollback(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    reason: Annotated[str, typer.Option(help="why (recorded in the history)")],
+    alias: Annotated[str, typer.Option(help="alias to roll back")] = "champion",
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Point an alias back at the version it held before its latest move."""
+    from adflow.registry import rollback
+
+    m = _registry_call(lambda: rollback(_uri(placement, set_), name, reason, alias))
+    typer.echo(f"{name}@{m.alias}: {m.from_version} -> {m.to_version} ({m.reason})")
+
+
+@model_app.command("history")
+def model_history(
+    name: Annotated[str, typer.Argument(help="registered model name")],
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Every recorded alias move: when, who, what, why."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from adflow.registry import alias_version, history
+    from adflow.tracking import client
+
+    c = client(_uri(placement, set_))
+    moves = _registry_call(lambda: history(c, name))
+    t = Table(
+        title=f"{name}: champion v{alias_version(c, name, 'champion')}, challenger v{alias_version(c, name, 'challenger')}"
+    )
+    for col in ("when", "who", "action", "alias", "from", "to", "reason", "gate report"):
+        t.add_column(col)
+    for m in moves:
+        t.add_row(
+            m.at,
+            m.who,
+            m.action,
+            m.alias,
+            str(m.from_version or "-"),
+            str(m.to_version),
+            m.reason,
+            m.gate_report or "",
+        )
+    Console(width=160).print(t)
 
 
 def main() -> None:  # pragma: no cover - console entry point

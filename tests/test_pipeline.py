@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from adflow.registry import CHALLENGER, CHAMPION, alias_version, history
 from adflow.runner import run_pipeline
 from adflow.tracking import client
 
 from .conftest import small_settings
-from .test_importers import U_DATA, U_ITEM, _ml
+from .movielens_export import export
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,15 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     summary = run_pipeline(s, show=False)
     assert summary.status == "succeeded", summary.error
     stages = {st.name: st for st in summary.stages}
-    assert [st.name for st in summary.stages] == ["synth", "ingest", "validate"]
+    assert [st.name for st in summary.stages] == [
+        "synth",
+        "ingest",
+        "validate",
+        "features",
+        "train_ctr",
+        "gate",
+        "register",
+    ]
     assert stages["synth"].status == "succeeded" and stages["ingest"].status == "skipped"
     assert stages["synth"].metrics["oracle_auc"] > 0.7
     assert stages["validate"].metrics["expectations_failed"] == 0
@@ -45,25 +54,44 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     c = client(s.resolved().placement.tracking_uri())
     parent = c.get_run(summary.mlflow["parent_run_id"])
     children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.data.tags["adflow.stage"] for r in children) == ["synth", "validate"]
-    assert parent.info.status == "FINISHED"
-
-
-def test_import_branch_runs_instead_of_synth(tmp_path: Path) -> None:
-    ml = _ml(tmp_path)
-    s = small_settings(
-        tmp_path,
-        "data.source=movielens",
-        f"data.path={ml}",
-        "validation.click_rate_min=0",
-        "validation.click_rate_max=1",
+    assert sorted(r.data.tags["adflow.stage"] for r in children) == sorted(
+        n for n, x in stages.items() if x.status != "skipped"
     )
+    assert parent.info.status == "FINISHED"
+    # the first model ever passes on the floor and is registered: challenger and (bootstrap) champion
+    assert stages["gate"].metrics["passed"] == 1 and stages["gate"].note.startswith("PASSED: no champion yet")
+    assert stages["register"].status == "succeeded"
+    uri = s.resolved().placement.tracking_uri()
+    name = s.registry.model_name
+    assert (alias_version(c, name, CHAMPION), alias_version(c, name, CHALLENGER)) == (1, 1)
+
+    # the same world again: a decision with a reason, and the champion stays
+    again = {st.name: st for st in run_pipeline(s, show=False).stages}
+    assert again["gate"].status == "succeeded" and again["gate"].note
+    assert "champion" in again["gate"].note and "margin" in again["gate"].note
+    assert alias_version(c, name, CHAMPION) == 1
+
+    # negative control: a candidate trained on shuffled labels is rejected; the deploy branch does not run
+    challenger_before = alias_version(c, name, CHALLENGER)
+    bad = run_pipeline(small_settings(tmp_path, "ctr_train.shuffle_labels=true"), show=False)
+    st = {x.name: x for x in bad.stages}
+    assert bad.status == "succeeded"  # a rejection is a decision, not a failure
+    assert st["gate"].metrics["passed"] == 0 and st["gate"].note.startswith("REJECTED")
+    assert st["gate"].metrics["ciubm_gauc"] < st["gate"].metrics["champion_gauc"]
+    assert st["register"].status == "skipped"
+    assert alias_version(c, name, CHAMPION) == 1 and alias_version(c, name, CHALLENGER) == challenger_before
+    assert [m.action for m in history(client(uri), name)] == ["register"] * len(history(client(uri), name))
+
+
+def test_import_branch_runs_instead_of_synth(small_world: Path, tmp_path: Path) -> None:
+    ml = export(small_world, tmp_path / "ml-100k")
+    s = small_settings(tmp_path, "data.source=movielens", f"data.path={ml}", "ctr_train.epochs=1")
     summary = run_pipeline(s, show=False)
     stages = {st.name: st for st in summary.stages}
     assert summary.status == "succeeded", summary.error
     assert stages["synth"].status == "skipped" and stages["ingest"].status == "succeeded"
-    assert stages["ingest"].metrics["rows_impressions"] == len(U_DATA.splitlines())
-    assert U_ITEM  # the same fixture files the importer tests use
+    assert stages["ingest"].metrics["rows_impressions"] == len((ml / "u.data").read_text().splitlines())
+    assert stages["train_ctr"].status == "succeeded" and stages["gate"].status == "succeeded"
 
 
 # ---- corruptions: each table broken in its own way; each caught by the right check; nothing accepted changes

@@ -1,0 +1,1 @@
+"""Content encoders shared by stages (the text baseline here; MOON adds its own)."""

@@ -1,0 +1,1 @@
+"""Model code shared by training, evaluation and serving (architectures, encoders, predictors)."""

@@ -1,0 +1,1 @@
+"""Challenger vs champion gate."""

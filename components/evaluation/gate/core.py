@@ -1,0 +1,240 @@
+"""Offline evaluation gate: the candidate against the current champion, on the same held-out split.
+
+The gate passes only when the candidate beats the champion by `gate.margin` on `gate.metric` (GAUC by
+default) and does not regress the guards (logloss up by at most `max_logloss_increase`, cold-start AUC down
+by at most `max_cold_auc_drop`). With no champion yet, the candidate must reach `gate.floor`. The decision,
+its reason and the full comparison (candidate, DIN baseline, champion, oracle) go to report.md/.html.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from adflow.config import GateConfig, Settings
+from adflow.metrics import calibration, ctr_report
+from adflow.progress import log
+
+STAGE = "gate"
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    reason: str
+    metric: str
+    candidate: dict[str, float]
+    champion: dict[str, float] | None = None
+    champion_version: int | None = None
+    models: dict[str, dict[str, float]] = field(default_factory=dict)  # every scored model, for the table
+    report_md: str = ""
+    report_html: str = ""
+
+
+def decide(cfg: GateConfig, cand: dict[str, float], champ: dict[str, float] | None) -> tuple[bool, str]:
+    """The gate rule as a plain function: (passed, reason)."""
+    m = cfg.metric
+    if champ is None:
+        ok = cand[m] >= cfg.floor
+        return (
+            ok,
+            f"no champion yet: {m} {cand[m]:.4f} {'reaches' if ok else 'is below'} the floor {cfg.floor:.4f}",
+        )
+    gain = cand[m] - champ[m]
+    if gain < cfg.margin:
+        return (
+            False,
+            f"{m} {cand[m]:.4f} vs champion {champ[m]:.4f}: gain {gain:+.4f} is below the margin {cfg.margin:.4f}",
+        )
+    worse_ll = cand["logloss"] - champ["logloss"]
+    if worse_ll > cfg.max_logloss_increase:
+        return (
+            False,
+            f"{m} gain {gain:+.4f}, but logloss rises {worse_ll:+.4f} (tolerance {cfg.max_logloss_increase:.4f})",
+        )
+    c_new, c_old = cand.get("cold_auc", math.nan), champ.get("cold_auc", math.nan)
+    if math.isfinite(c_new) and math.isfinite(c_old) and c_old - c_new > cfg.max_cold_auc_drop:
+        return (
+            False,
+            f"{m} gain {gain:+.4f}, but cold-start AUC drops {c_old - c_new:.4f} (tolerance {cfg.max_cold_auc_drop:.4f})",
+        )
+    return (
+        True,
+        f"{m} {cand[m]:.4f} beats champion {champ[m]:.4f} by {gain:+.4f} (margin {cfg.margin:.4f}); guards hold",
+    )
+
+
+def score(predictor: Any, test: pd.DataFrame, cold: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    p = predictor.predict(test)
+    y = test["click"].to_numpy()
+    oracle = test["oracle_p"].to_numpy(float) if "oracle_p" in test else None
+    return ctr_report(test["user_id"].to_numpy(), y, p, cold, oracle), p
+
+
+def _plots(out: Path, y: np.ndarray, preds: dict[str, np.ndarray]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+    for name, p in preds.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax[0].plot(fpr, tpr, label=name)
+        cal = calibration(y, p)
+        ax[1].plot(cal["predicted"], cal["observed"], marker="o", label=name)
+    ax[0].plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax[0].set(title="ROC (test split)", xlabel="false positive rate", ylabel="true positive rate")
+    hi = max(float(np.max(p)) for p in preds.values())
+    ax[1].plot([0, hi], [0, hi], "k:", lw=0.8)
+    ax[1].set(title="Calibration by decile", xlabel="predicted CTR", ylabel="observed CTR")
+    for a in ax:
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "roc_calibration.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
+COLUMNS = ("auc", "gauc", "logloss", "ece", "cold_auc", "oracle_auc")
+
+
+def _table_md(models: dict[str, dict[str, float]]) -> str:
+    rows = ["| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, m in models.items():
+        rows.append(
+            f"| {name} | "
+            + " | ".join(f"{m[c]:.4f}" if c in m and math.isfinite(m[c]) else "-" for c in COLUMNS)
+            + " |"
+        )
+    return "\n".join(rows)
+
+
+def write_report(out: Path, d: GateDecision, plots: list[str], test_rows: int) -> None:
+    verdict = "PASSED" if d.passed else "REJECTED"
+    md = "\n".join(
+        [
+            f"# Gate: {verdict}",
+            "",
+            f"**Reason:** {d.reason}",
+            "",
+            f"Held-out test split: {test_rows} impressions. Champion: "
+            + (f"version {d.champion_version}" if d.champion_version else "none"),
+            "",
+            _table_md(d.models),
+            "",
+            *[f"![{p}]({p})" for p in plots],
+        ]
+    )
+    (out / "report.md").write_text(md + "\n")
+    rows = "".join(
+        "<tr><td>"
+        + html.escape(n)
+        + "</td>"
+        + "".join(f"<td>{m[c]:.4f}</td>" if c in m and math.isfinite(m[c]) else "<td>-</td>" for c in COLUMNS)
+        + "</tr>"
+        for n, m in d.models.items()
+    )
+    colour = "#1a7f37" if d.passed else "#cf222e"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Gate {verdict}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}h1{{color:{colour}}}</style></head><body>
+<h1>Gate: {verdict}</h1><p><b>Reason:</b> {html.escape(d.reason)}</p>
+<p>Held-out test split: {test_rows} impressions. Champion: {f"version {d.champion_version}" if d.champion_version else "none"}.</p>
+<table><tr><th>model</th>{"".join(f"<th>{c}</th>" for c in COLUMNS)}</tr>{rows}</table>
+{"".join(f'<p><img src="{p}" style="max-width:100%"></p>' for p in plots)}</body></html>"""
+    (out / "index.html").write_text(page)
+    d.report_md, d.report_html = str(out / "report.md"), str(out / "index.html")
+
+
+def evaluate(
+    settings: Settings,
+    features_dir: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    tracking_uri: str,
+) -> GateDecision:
+    import torch
+
+    from adflow.registry import CHAMPION, alias_version, load
+    from adflow.tracking import client
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    test = pd.read_parquet(Path(features_dir) / "test.parquet")
+    paths = json.loads((Path(model_dir) / "models.json").read_text())
+    cand_name = settings.registry.candidate_variant
+    candidate = torch.load(paths[cand_name], weights_only=False)
+    cold = candidate.encoder.is_cold(test)  # items the candidate never saw: one cold set for every model
+    models: dict[str, dict[str, float]] = {}
+    preds: dict[str, np.ndarray] = {}
+    for variant, path in paths.items():
+        pred = candidate if variant == cand_name else torch.load(path, weights_only=False)
+        (
+            models[f"{variant} (candidate)" if variant == cand_name else f"{variant} (baseline)"],
+            preds[variant],
+        ) = score(pred, test, cold)
+    cand = models[f"{cand_name} (candidate)"]
+    c = client(tracking_uri)
+    name = settings.registry.model_name
+    champ_version = alias_version(c, name, CHAMPION) if _model_exists(c, name) else None
+    champ = None
+    if champ_version is not None:
+        champ, preds[f"champion v{champ_version}"] = score(load(tracking_uri, name, CHAMPION), test, cold)
+        models[f"champion v{champ_version}"] = champ
+    if "oracle_auc" in cand:
+        models["oracle (truth)"] = {
+            "auc": cand["oracle_auc"],
+            "cold_auc": cand.get("oracle_cold_auc", math.nan),
+        }
+    passed, reason = decide(settings.gate, cand, champ)
+    d = GateDecision(passed, reason, settings.gate.metric, cand, champ, champ_version, models)
+    write_report(out, d, _plots(out, test["click"].to_numpy(), preds), len(test))
+    (out / "decision.json").write_text(json.dumps(asdict(d), indent=2, default=float))
+    log(STAGE, f"{'PASSED' if passed else 'REJECTED'}: {reason}")
+    return d
+
+
+def _model_exists(c: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
+
+
+def run(
+    settings_json: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    features_dir: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+) -> bool:
+    from adflow.config import settings_from_json
+    from adflow.tracking import NOTE_TAG, stage_run
+
+    s = settings_from_json(settings_json)
+    with stage_run(STAGE, tracking_uri, parent_run_id, s.placement.mlflow_experiment) as sr:
+        sr.params({"gate": s.gate.model_dump(), "model_name": s.registry.model_name})
+        d = evaluate(s, features_dir, model_dir, out_dir, tracking_uri)
+        flat: dict[str, float] = {"passed": float(d.passed)}
+        for label, m in d.models.items():
+            key = label.split(" ")[0] if not label.startswith("champion") else "champion"
+            flat |= {f"{key}_{k}": v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)}
+        sr.metrics(flat)
+        sr.tag(NOTE_TAG, ("PASSED: " if d.passed else "REJECTED: ") + d.reason)
+        sr.log_file(out_dir, "gate_report")
+        sr.artifact("report", d.report_html)
+    return d.passed

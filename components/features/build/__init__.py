@@ -1,0 +1,1 @@
+"""Build Feast feature tables, apply, materialize, and cut the point-in-time training set."""

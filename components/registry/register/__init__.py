@@ -1,0 +1,1 @@
+"""Register a gated model and move its aliases."""

@@ -1,0 +1,1 @@
+"""CiUBM and DIN CTR training on Ray Train."""
