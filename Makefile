@@ -52,10 +52,13 @@ fmt: setup ## apply ruff fixes and formatting
 compile: setup ## compile every pipeline to KFP IR YAML under build/pipelines
 	$(BIN)/adflow pipeline compile --out build/pipelines $(ARGS)
 
+bench: setup ## benchmarks as ratios vs a same-session baseline (bench/results/)
+	$(BIN)/python bench/ctr_bench.py
+
 lock: setup ## rewrite constraints.txt from the current environment
 	{ head -1 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.tmp && mv constraints.tmp constraints.txt
 
 clean: ## remove local state: runs, MLflow store, KFP outputs, build folder
 	rm -rf .adflow runs build test-output
 
-.PHONY: help setup run test lint fmt compile lock clean
+.PHONY: help setup run test lint fmt compile bench lock clean

@@ -104,7 +104,11 @@ def train_loop(config: dict[str, Any]) -> None:
         return e.module if hasattr(e, "module") else e
 
     start = 0
+    # Ray's own restore (a retried worker group) comes first; else an explicit resume point: Ray Train v2
+    # dropped TorchTrainer(resume_from_checkpoint=...), so the loop reads it from its config.
     ckpt = ray.train.get_checkpoint()
+    if ckpt is None and config.get("resume_from"):
+        ckpt = ray.train.Checkpoint.from_directory(config["resume_from"])
     if ckpt:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=False)
@@ -116,6 +120,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     n = len(train["label"]) - len(train["label"]) % world  # equal shards: DDP needs equal step counts
     for epoch in range(start, tcfg.epochs):
+        t_epoch = time.perf_counter()
         perm = np.random.default_rng(tcfg.seed + epoch).permutation(len(train["label"]))[:n]
         shard = perm[rank::world]
         losses = {v: [] for v in tcfg.variants}
@@ -133,7 +138,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     loss.backward()
                     opts[v].step()
                 losses[v].append(float(loss.detach()))
-        metrics: dict[str, float] = {"epoch": float(epoch)}
+        metrics: dict[str, float] = {"epoch": float(epoch), "epoch_train_s": time.perf_counter() - t_epoch}
         for v in tcfg.variants:
             m = inner(v).eval()
             with torch.inference_mode():
@@ -183,6 +188,7 @@ def fit(
         "data_dir": str(Path(data_dir).resolve()),
         "threads": 1,  # tiny models: one thread per worker beats two (FIELD-NOTES)
         "history_path": str(Path(history_path).resolve()),
+        "resume_from": str(resume_from) if resume_from else None,
     }
     trainer = TorchTrainer(
         train_loop,
@@ -198,7 +204,6 @@ def fit(
             storage_path=str(Path(storage).resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        resume_from_checkpoint=ray.train.Checkpoint.from_directory(resume_from) if resume_from else None,
     )
     return trainer.fit()
 

@@ -1,0 +1,98 @@
+"""CTR models and their Ray Train loop: shapes, cold start, learning, checkpoints and resume."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from adflow.config import CTRModelConfig
+from adflow.models.ctr import OOV, CTRModel, CTRPredictor, FeatureEncoder, to_tensors
+from components.features.build.core import build
+from components.training.ctr.core import train
+
+from .conftest import small_settings
+
+
+@pytest.fixture(scope="module")
+def feature_set(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("ctr")
+    build(small_settings(tmp), small_world, tmp / "features")
+    return tmp, tmp / "features"
+
+
+def _encoder(features: Path) -> tuple[FeatureEncoder, dict[str, pd.DataFrame]]:
+    frames = {s: pd.read_parquet(features / f"{s}.parquet") for s in ("train", "test")}
+    catalog = pd.read_parquet(features / "tables" / "item_content.parquet").rename(
+        columns={"text_embedding": "embedding"}
+    )
+    return FeatureEncoder.fit(frames["train"], catalog, 10), frames
+
+
+def test_encoder_and_models(feature_set: tuple[Path, Path]) -> None:
+    enc, frames = _encoder(feature_set[1])
+    test = frames["test"]
+    arrays = enc.transform(test)
+    cold = enc.is_cold(test)
+    assert cold.any() and (arrays["item"][cold] == OOV).all()  # unseen ids share the OOV bucket
+    assert (arrays["item_raw"] > 0).all()  # ... but every item has its content embedding
+    assert arrays["seq_item"].shape == (len(test), 10)
+    assert (arrays["seq_mask"] == (arrays["seq_item"] != 0)).all()
+    for variant in ("din", "ciubm"):
+        m = CTRModel(CTRModelConfig(), variant, enc.sizes(), enc.content if variant == "ciubm" else None)
+        out = m(to_tensors(arrays, slice(0, 64)))
+        assert out.shape == (64,) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="content"):
+        CTRModel(CTRModelConfig(), "ciubm", enc.sizes(), None)
+
+
+def test_content_path_tells_cold_items_apart(feature_set: tuple[Path, Path]) -> None:
+    """Two cold items with the same category differ only through content: DIN scores them alike."""
+    enc, frames = _encoder(feature_set[1])
+    row = frames["test"].iloc[[0, 0]].copy()
+    cold_ids = [i for i in enc.content_index if i not in enc.items]
+    same_cat = [i for i in cold_ids if enc.item_category[i] == enc.item_category[cold_ids[0]]]
+    pair = same_cat[:2] if len(same_cat) >= 2 else cold_ids[:2]
+    row["item_id"] = pair
+    arrays = to_tensors(enc.transform(row))
+    torch.manual_seed(0)
+    din, ciubm = (
+        CTRModel(CTRModelConfig(dropout=0), v, enc.sizes(), enc.content).eval() for v in ("din", "ciubm")
+    )
+    with torch.no_grad():
+        if enc.item_category[pair[0]] == enc.item_category[pair[1]]:
+            d = din(arrays)
+            assert torch.isclose(d[0], d[1])
+        c = ciubm(arrays)
+    assert not torch.isclose(c[0], c[1])
+
+
+@pytest.mark.slow
+def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path]) -> None:
+    tmp, features = feature_set
+    s1 = small_settings(tmp, "ctr_train.epochs=1")
+    first = train(s1, features, tmp / "m1")
+    assert first.epochs_run == [0] and first.checkpoint
+    h = first.history[0]
+    assert {"ciubm_val_auc", "din_val_auc", "ciubm_train_loss", "din_train_loss"} <= set(h)
+    s2 = small_settings(tmp, "ctr_train.epochs=3")
+    resumed = train(s2, features, tmp / "m2", resume_from=first.checkpoint)
+    assert resumed.epochs_run == [1, 2]  # continues after the last completed epoch
+    a = torch.load(Path(first.model_dir) / "ciubm.pt", weights_only=False)
+    b = torch.load(Path(resumed.model_dir) / "ciubm.pt", weights_only=False)
+    assert isinstance(b, CTRPredictor)
+    diff = [
+        not torch.equal(x, y)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    ]
+    assert any(diff)  # training went on
+    # the training loss went down across the resumed epochs
+    losses = [
+        json.loads(x)["ciubm_train_loss"]
+        for x in (Path(resumed.model_dir) / "history.jsonl").read_text().splitlines()
+    ]
+    assert losses[-1] < h["ciubm_train_loss"]
+    p = b.predict(pd.read_parquet(features / "test.parquet"))
+    assert p.shape[0] > 0 and np.all((p > 0) & (p < 1))

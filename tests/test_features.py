@@ -1,0 +1,179 @@
+"""Feast features: point-in-time correctness on a hand-built case, row accounting, Redis and SQLite online stores."""
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adflow import features as F
+from adflow.config import load_settings
+from adflow.contract import write_manifest, write_table
+
+T0 = pd.Timestamp("2026-03-02 10:00", tz="UTC")
+
+
+def _ts(minutes: float) -> pd.Timestamp:
+    return T0 + pd.Timedelta(minutes=minutes)
+
+
+def _hand_built(root: Path) -> Path:
+    """User 1 clicks item 10 at +0; item 11 is shown at +60 and clicked at +61 (its own click); item 12 at +120."""
+    root.mkdir(parents=True)
+    items = pd.DataFrame(
+        {
+            "item_id": [10, 11, 12],
+            "title": ["red watch", "blue mug", "green lamp"],
+            "category": ["watch", "mug", "lamp"],
+            "attributes": ["{}"] * 3,
+            "price": [1.0, 2.0, 3.0],
+            "launch_ts": [_ts(-60 * 24)] * 3,
+        }
+    )
+    imps = pd.DataFrame(
+        {
+            "impression_id": [1, 2, 3, 4, 5],
+            "ts": [_ts(-1), _ts(60), _ts(60), _ts(120), _ts(60 * 24 + 5)],
+            "user_id": [1, 1, 2, 1, 1],
+            "item_id": [10, 11, 12, 12, 11],
+            "creative_id": [10, 11, 12, 12, 11],
+            "session_id": [1, 2, 3, 4, 5],
+            "position": [1, 1, 1, 1, 1],
+            "click": [1, 1, 0, 0, 0],
+        }
+    )
+    beh = pd.DataFrame(
+        {
+            "event_id": [1, 2],
+            "ts": [_ts(0), _ts(61)],
+            "user_id": [1, 1],
+            "item_id": [10, 11],
+            "event_type": ["click", "click"],
+        }
+    )
+    write_table(root, "items", items)
+    write_table(root, "creatives", pd.DataFrame({"creative_id": [10, 11, 12], "item_id": [10, 11, 12]}))
+    write_table(root, "users", pd.DataFrame({"user_id": [1, 2], "segment": ["practical", "brand_lover"]}))
+    write_table(root, "impressions", imps)
+    write_table(root, "behaviour", beh)
+    write_manifest(root, "hand-built")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
+    tmp = tmp_path_factory.mktemp("pit")
+    data = _hand_built(tmp / "data")
+    s = load_settings("tiny", "local", [f"placement.workspace={tmp / 'ws'}", "features.seq_len=5"])
+    F.build_tables(data, tmp / "tables", s.features)
+    fs = F.store(s.placement)
+    F.apply(fs, tmp / "tables")
+    return data, tmp / "tables", fs
+
+
+def test_no_leakage_point_in_time(built: tuple[Path, Path, object]) -> None:
+    data, tables, fs = built
+    frame = F.training_frame(fs, data, tables).set_index("impression_id")
+    assert len(frame) == 5
+    assert list(frame.at[1, "hist_item_ids"]) == []  # before any click
+    # impression 2 (item 11 at +60) is clicked at +61: that click must not be in its own features
+    assert list(frame.at[2, "hist_item_ids"]) == [10]
+    assert frame.at[2, "clicks_total"] == 1
+    assert list(frame.at[4, "hist_item_ids"]) == [11, 10]  # later impressions see it, newest first
+    assert frame.at[4, "clicks_total"] == 2
+    assert list(frame.at[3, "hist_item_ids"]) == []  # another user's clicks never show
+    # item stats are as of the start of the day: the same day's clicks are not visible yet
+    assert frame.at[2, "impressions_to_date"] == 0 and frame.at[4, "impressions_to_date"] == 0
+    assert frame.at[5, "impressions_to_date"] == 1 and frame.at[5, "clicks_to_date"] == 1  # next day: item 11
+    assert len(frame.at[2, "text_embedding"]) == 384
+    assert frame.at[3, "segment"] == "brand_lover"
+
+
+def test_rows_sharing_user_and_time_are_all_kept(built: tuple[Path, Path, object]) -> None:
+    _, tables, fs = built
+    ent = pd.DataFrame(
+        {
+            "impression_id": [1, 2, 3],
+            "user_id": [1, 1, 1],
+            "item_id": [10, 11, 12],
+            "event_timestamp": [_ts(90)] * 3,  # one user, one second, three impressions
+        }
+    )
+    out = F.historical(fs, ent, tables)
+    assert list(out["impression_id"]) == [1, 2, 3]
+    assert all(list(h) == [11, 10] for h in out["hist_item_ids"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path):  # type: ignore[no-untyped-def]
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server not installed (Debian package redis-server; .ci/run installs it)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_redis_online_store_serves_what_sqlite_serves(
+    built: tuple[Path, Path, object], redis_url: str, tmp_path: Path
+) -> None:
+    _, tables, sqlite_fs = built
+    s = load_settings(
+        "tiny", "cluster", [f"placement.workspace={tmp_path / 'ws'}", f"placement.redis_url={redis_url}"]
+    )
+    redis_fs = F.store(s.placement)
+    assert type(redis_fs.config.online_store).__name__ == "RedisOnlineStoreConfig"
+    F.apply(redis_fs, tables)
+    F.materialize(redis_fs, tables)
+    F.materialize(sqlite_fs, tables)
+    got_r = F.online(redis_fs, [1, 2, 99], [10, 11])
+    got_s = F.online(sqlite_fs, [1, 2, 99], [10, 11])
+    assert list(got_r[0]["hist_item_ids"][0]) == [11, 10]  # the latest state
+    assert got_r[0]["hist_item_ids"][2] is None  # an unknown user reads as missing
+    for r, q in zip(got_r, got_s, strict=True):
+        for key in r:
+            if key == "text_embedding":
+                assert np.allclose(np.asarray(r[key][0]), np.asarray(q[key][0]), atol=1e-6)
+            else:
+                assert [list(x) if isinstance(x, list | np.ndarray) else x for x in r[key]] == [
+                    list(x) if isinstance(x, list | np.ndarray) else x for x in q[key]
+                ], key
+
+
+def test_cluster_store_needs_a_redis_address(tmp_path: Path) -> None:
+    s = load_settings("tiny", "cluster", [f"placement.workspace={tmp_path}", "placement.redis_url=null"])
+    with pytest.raises(ValueError, match="redis_url"):
+        F.store(s.placement)

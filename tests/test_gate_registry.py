@@ -1,0 +1,107 @@
+"""The gate rule and the registry's alias moves, against a real MLflow registry (SQLite backend)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from adflow import registry
+from adflow.cli import app
+from adflow.config import GateConfig
+from adflow.tracking import client, ensure_experiment
+from components.evaluation.gate.core import decide
+
+CHAMP = {"auc": 0.74, "gauc": 0.74, "logloss": 0.250, "cold_auc": 0.70}
+
+
+@pytest.mark.parametrize(
+    ("cand", "champ", "passed", "says"),
+    [
+        ({**CHAMP, "gauc": 0.70}, None, True, "no champion yet"),
+        ({**CHAMP, "gauc": 0.55}, None, False, "below the floor"),
+        ({**CHAMP, "gauc": 0.750}, CHAMP, True, "beats champion"),
+        ({**CHAMP, "gauc": 0.742}, CHAMP, False, "below the margin"),  # noise-sized gain
+        ({**CHAMP, "gauc": 0.70}, CHAMP, False, "below the margin"),  # worse
+        ({**CHAMP, "gauc": 0.76, "logloss": 0.270}, CHAMP, False, "logloss rises"),
+        ({**CHAMP, "gauc": 0.76, "cold_auc": 0.60}, CHAMP, False, "cold-start AUC drops"),
+        ({**CHAMP, "gauc": 0.76, "cold_auc": float("nan")}, CHAMP, True, "guards hold"),
+    ],
+)
+def test_gate_rule(cand: dict, champ: dict | None, passed: bool, says: str) -> None:
+    ok, reason = decide(GateConfig(), cand, champ)
+    assert ok is passed and says in reason
+
+
+@pytest.fixture
+def registry_uri(tmp_path: Path) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = client(uri)
+    exp = ensure_experiment(c, "t", (tmp_path / "art").as_uri())
+    model = torch.nn.Linear(2, 1)
+    path = tmp_path / "m.pt"
+    torch.save(model, path)
+    for k in range(3):
+        run = c.create_run(exp, run_name=f"r{k}")
+        v = registry.register(uri, run.info.run_id, str(path), "ctr", {"k": str(k)}, ["torch==2.13.0"])
+        assert v == k + 1
+    return uri
+
+
+def test_promote_rollback_history(registry_uri: str) -> None:
+    c = client(registry_uri)
+    registry.move_alias(c, "ctr", "challenger", 1, "gate passed", "register")
+    assert registry.promote(registry_uri, "ctr", "first").to_version == 1  # default: the challenger
+    registry.move_alias(c, "ctr", "challenger", 3, "gate passed", "register")
+    m = registry.promote(registry_uri, "ctr", "won the A/B test")
+    assert (m.from_version, m.to_version) == (1, 3)
+    assert registry.alias_version(c, "ctr", "champion") == 3
+    back = registry.rollback(registry_uri, "ctr", "CTR alert")
+    assert (back.action, back.from_version, back.to_version) == ("rollback", 3, 1)
+    assert registry.alias_version(c, "ctr", "champion") == 1
+    moves = registry.history(c, "ctr")
+    assert [(x.action, x.alias, x.from_version, x.to_version) for x in moves] == [
+        ("register", "challenger", None, 1),
+        ("promote", "champion", None, 1),
+        ("register", "challenger", 1, 3),
+        ("promote", "champion", 1, 3),
+        ("rollback", "champion", 3, 1),
+    ]
+    assert all(x.who and x.at and x.reason for x in moves)
+    # durable: a fresh client on the same database reads the same history
+    assert registry.history(client(registry_uri), "ctr") == moves
+    loaded = registry.load(registry_uri, "ctr", "champion")
+    assert isinstance(loaded, torch.nn.Linear)
+
+
+def test_refusals(registry_uri: str) -> None:
+    c = client(registry_uri)
+    with pytest.raises(registry.RegistryError, match="no version 9"):
+        registry.move_alias(c, "ctr", "champion", 9, "x")
+    with pytest.raises(registry.RegistryError, match="reason"):
+        registry.move_alias(c, "ctr", "champion", 1, " ")
+    with pytest.raises(registry.RegistryError, match="no 'challenger'"):
+        registry.promote(registry_uri, "ctr", "no challenger yet")
+    with pytest.raises(registry.RegistryError, match="roll back"):
+        registry.rollback(registry_uri, "ctr", "nothing to undo")
+
+
+def test_model_cli(registry_uri: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    sets = [
+        "--set",
+        f"placement.mlflow_tracking_uri={registry_uri}",
+        "--set",
+        f"placement.workspace={tmp_path}",
+    ]
+    r = runner.invoke(app, ["model", "promote", "ctr", "--version", "2", "--reason", "manual", *sets])
+    assert r.exit_code == 0, r.output
+    assert "ctr@champion: None -> 2" in r.output
+    r = runner.invoke(app, ["model", "promote", "ctr", "--version", "3", "--reason", "better", *sets])
+    assert r.exit_code == 0 and "2 -> 3" in r.output
+    r = runner.invoke(app, ["model", "rollback", "ctr", "--reason", "alert", *sets])
+    assert r.exit_code == 0 and "3 -> 2" in r.output
+    r = runner.invoke(app, ["model", "history", "ctr", *sets])
+    assert r.exit_code == 0 and "rollback" in r.output and "champion v2" in r.output
+    r = runner.invoke(app, ["model", "promote", "nope", "--reason", "x", "--version", "1", *sets])
+    assert r.exit_code == 2 and "error" in r.output
