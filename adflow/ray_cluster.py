@@ -6,6 +6,7 @@ it by address; on a cluster, placement.ray_address names the KubeRay head and no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -28,31 +29,73 @@ def _ray_bin() -> str:
 
 
 @contextmanager
-def local_head(num_cpus: int | None = None) -> Iterator[str]:
-    """Start a Ray head on 127.0.0.1 for the duration of the block; yields its address."""
+def local_head(num_cpus: int | None = None, timeout_s: float = 120) -> Iterator[str]:
+    """Start a Ray head for the duration of the block; yields its address.
+
+    `ray start --block` runs in its own process group, which is stopped at the end: `ray stop` would kill
+    every Ray process on the machine, another run's or an in-process driver's included.
+    """
+    import threading
+    import time
+
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [
         _ray_bin(),
         "start",
         "--head",
-        "--node-ip-address=127.0.0.1",
+        "--block",
         "--port=0",
         "--include-dashboard=false",
         "--disable-usage-stats",
     ]
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    text = out.stdout + out.stderr
-    match = re.search(r"--address='([^']+)'", text) or re.search(r"address='?(\d+\.\d+\.\d+\.\d+:\d+)", text)
-    if out.returncode != 0 or not match:
-        raise RuntimeError(f"ray start failed:\n{text[-2000:]}")
-    address = match.group(1)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    assert proc.stdout is not None
+    seen: list[str] = []
+    address = None
+    deadline = time.time() + timeout_s
+    while address is None and time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        match = re.search(r"--address='([^']+)'", line)
+        if match:
+            address = match.group(1)
+    if address is None:
+        _stop(proc)
+        raise RuntimeError("ray start failed:\n" + "".join(seen[-40:]))
+    # keep draining its output so the head never blocks on a full pipe
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
     log("ray", f"local Ray head at {address}")
     try:
         yield address
     finally:
-        subprocess.run([_ray_bin(), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Terminate the head's whole process tree (GCS, raylet, workers), then kill what is left after 5 s."""
+    import psutil
+
+    try:
+        root = psutil.Process(proc.pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -65,4 +108,6 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # "local": a fresh in-process Ray, never whatever /tmp/ray/ray_current_cluster names (a stopped head's
+        # address stays there, and plain ray.init() would try to join it)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)

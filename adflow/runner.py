@@ -93,18 +93,31 @@ def run_pipeline(settings: Settings, pipeline: str = "ads_full", show: bool = Tr
 def _run_local(
     settings: Settings, pipeline: str, args: dict[str, Any], ws: Path, run_id: str
 ) -> tuple[str, str | None]:
+    import importlib
+    from contextlib import ExitStack
+
     from adflow import kfp_local
+    from adflow.ray_cluster import local_head
+    from pipelines import PIPELINES
 
     root = ws / "kfp" / run_id
     kfp_local.init(root)
     logging.getLogger().setLevel(logging.INFO)
-    try:
-        load_pipeline(pipeline)(**args)
-        return "succeeded", None
-    except RuntimeError as e:  # kfp.local raises RuntimeError naming the failed task
-        return "failed", str(e).strip().splitlines()[0] if str(e).strip() else "pipeline failed"
-    finally:
-        _cleanup_local_tmp()
+    module = importlib.import_module(PIPELINES[pipeline].split(":")[0])
+    with ExitStack() as stack:
+        if getattr(module, "USES_RAY", False) and not settings.placement.ray_address:
+            # one Ray for every stage of the run: ray.init costs 10-16 s in each process otherwise
+            address = stack.enter_context(local_head(settings.placement.num_workers))
+            settings = settings.model_copy(deep=True)
+            settings.placement.ray_address = address
+            args = {**args, "settings_json": settings.to_json()}
+        try:
+            load_pipeline(pipeline)(**args)
+            return "succeeded", None
+        except RuntimeError as e:  # kfp.local raises RuntimeError naming the failed task
+            return "failed", str(e).strip().splitlines()[0] if str(e).strip() else "pipeline failed"
+        finally:
+            _cleanup_local_tmp()
 
 
 def _cleanup_local_tmp() -> None:

@@ -96,3 +96,12 @@ def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path]) -> None:
     assert losses[-1] < h["ciubm_train_loss"]
     p = b.predict(pd.read_parquet(features / "test.parquet"))
     assert p.shape[0] > 0 and np.all((p > 0) & (p < 1))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shutdown_ray():  # type: ignore[no-untyped-def]
+    """The training tests start Ray inside this process; stop it so later pipeline runs start clean."""
+    yield
+    import ray
+
+    ray.shutdown()

@@ -104,6 +104,9 @@ def train_loop(config: dict[str, Any]) -> None:
         return e.module if hasattr(e, "module") else e
 
     start = 0
+    best: dict[
+        str, dict[str, Any]
+    ] = {}  # per variant: the epoch with the best validation AUC and its weights
     # Ray's own restore (a retried worker group) comes first; else an explicit resume point: Ray Train v2
     # dropped TorchTrainer(resume_from_checkpoint=...), so the loop reads it from its config.
     ckpt = ray.train.get_checkpoint()
@@ -117,8 +120,17 @@ def train_loop(config: dict[str, Any]) -> None:
             if not tcfg.deepspeed:
                 opts[v].load_state_dict(state["opts"][v])
         start = state["epoch"] + 1
+        best = state.get("best", {})
+
+    # With DeepSpeed bf16 the engine holds bf16 weights and buffers: float inputs must match them.
+    half = torch.bfloat16 if ((tcfg.deepspeed or {}).get("bf16") or {}).get("enabled") else None
+
+    def on_device(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device)
+        return t.to(half) if half is not None and t.is_floating_point() else t
 
     n = len(train["label"]) - len(train["label"]) % world  # equal shards: DDP needs equal step counts
+    batch = max(1, tcfg.batch_size // world)  # batch_size is the global batch: the same updates at any scale
     for epoch in range(start, tcfg.epochs):
         t_epoch = time.perf_counter()
         perm = np.random.default_rng(tcfg.seed + epoch).permutation(len(train["label"]))[:n]
@@ -126,10 +138,11 @@ def train_loop(config: dict[str, Any]) -> None:
         losses = {v: [] for v in tcfg.variants}
         for v in tcfg.variants:
             engines[v].train()
-        for i in range(0, len(shard), tcfg.batch_size):
-            batch = {k: t.to(device) for k, t in to_tensors(train, shard[i : i + tcfg.batch_size]).items()}
+        for i in range(0, len(shard), batch):
+            b = {k: on_device(t) for k, t in to_tensors(train, shard[i : i + batch]).items()}
             for v in tcfg.variants:
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(engines[v](batch), batch["label"])
+                logits = engines[v](b).float()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, b["label"].float())
                 if tcfg.deepspeed:
                     engines[v].backward(loss)
                     engines[v].step()
@@ -142,10 +155,20 @@ def train_loop(config: dict[str, Any]) -> None:
         for v in tcfg.variants:
             m = inner(v).eval()
             with torch.inference_mode():
-                p = torch.sigmoid(m({k: t.to(device) for k, t in to_tensors(val).items()})).cpu().numpy()
+                p = (
+                    torch.sigmoid(m({k: on_device(t) for k, t in to_tensors(val).items()}).float())
+                    .cpu()
+                    .numpy()
+                )
             metrics[f"{v}_train_loss"] = float(np.mean(losses[v]))
             metrics[f"{v}_val_auc"] = auc(val["label"], p)
             metrics[f"{v}_val_logloss"] = logloss(val["label"], p)
+            if rank == 0 and metrics[f"{v}_val_auc"] > best.get(v, {}).get("val_auc", -1.0):
+                weights = {
+                    k: (t.float() if t.is_floating_point() else t).detach().cpu().clone()
+                    for k, t in inner(v).state_dict().items()
+                }
+                best[v] = {"epoch": epoch, "val_auc": metrics[f"{v}_val_auc"], "weights": weights}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
@@ -156,6 +179,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     },
                     "opts": {} if tcfg.deepspeed else {v: opts[v].state_dict() for v in tcfg.variants},
                     "metrics": metrics,
+                    "best": best,
                 }
                 torch.save(state, Path(tmp) / "state.pt")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
@@ -211,7 +235,7 @@ def fit(
 def export(
     settings: Settings, data_dir: str | Path, checkpoint_dir: str | Path, out_dir: str | Path
 ) -> dict[str, str]:
-    """Predictors (encoder + trained weights) per variant, saved for evaluation and registration."""
+    """Predictors (encoder + weights of the best validation epoch) per variant, for evaluation and registration."""
     import torch
 
     from adflow.models.ctr import CTRModel, CTRPredictor
@@ -224,7 +248,8 @@ def export(
     paths = {}
     for v in settings.ctr_train.variants:
         model = CTRModel(settings.ctr_model, v, enc.sizes(), enc.content if v == "ciubm" else None)
-        model.load_state_dict(state["models"][v])
+        chosen = state.get("best", {}).get(v)
+        model.load_state_dict(chosen["weights"] if chosen else state["models"][v])
         path = out / f"{v}.pt"
         torch.save(CTRPredictor(enc, model.eval()), path)
         paths[v] = str(path)
