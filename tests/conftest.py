@@ -12,6 +12,8 @@ from adflow.config import Settings, load_settings
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# DeepSpeed JIT-builds ops on first use: keep them out of the home folder (the Makefile sets the same)
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).parents[1] / ".adflow" / "torch_extensions"))
 SMALL = [
     "world.n_users=150",
     "world.n_items=120",

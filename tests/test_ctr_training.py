@@ -105,3 +105,23 @@ def _shutdown_ray():  # type: ignore[no-untyped-def]
     import ray
 
     ray.shutdown()
+
+
+@pytest.mark.slow
+def test_deepspeed_zero_bf16_path_trains(feature_set: tuple[Path, Path]) -> None:
+    """The `full` preset trains with DeepSpeed; the same loop runs here on CPU over gloo (ZeRO-1, bf16)."""
+    tmp, features = feature_set
+    s = small_settings(tmp, "ctr_train.epochs=2", "ctr_train.variants=[ciubm]")
+    s.ctr_train.deepspeed = {
+        "train_micro_batch_size_per_gpu": s.ctr_train.batch_size // s.placement.num_workers,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 1},
+        "bf16": {"enabled": True},
+    }
+    result = train(s, features, tmp / "ds")
+    assert result.epochs_run == [0, 1]
+    assert all(np.isfinite(h["ciubm_train_loss"]) for h in result.history)
+    p = torch.load(Path(result.model_dir) / "ciubm.pt", weights_only=False)
+    assert next(p.model.parameters()).dtype == torch.float32  # exported for fp32 serving
+    out = p.predict(pd.read_parquet(features / "test.parquet"))
+    assert np.all((out > 0) & (out < 1))

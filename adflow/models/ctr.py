@@ -218,7 +218,8 @@ class CTRModel(nn.Module):
             w = _masked_softmax(id_score, mask)
             ctx.append((w.unsqueeze(-1) * e_b).sum(1))
         else:
-            c_t, c_b = self.content[b["item_raw"]], self.content[b["seq_raw"]]
+            dt = next(self.adapter.parameters()).dtype  # DeepSpeed bf16 casts weights, not this frozen buffer
+            c_t, c_b = self.content[b["item_raw"]].to(dt), self.content[b["seq_raw"]].to(dt)
             sim = (c_t.unsqueeze(1) * c_b).sum(-1)  # cosine: the content table is L2-normalised
             w1, w2, w3 = self.mix
             w = _masked_softmax(w1 * id_score + w2 * sim / self.tau + w3 * id_score * sim, mask)
@@ -226,8 +227,8 @@ class CTRModel(nn.Module):
             a_b = self.adapter(c_b)
             ctx.append((_masked_softmax(sim / self.tau, mask).unsqueeze(-1) * a_b).sum(1))
             ctx.append(self.adapter(c_t))
-            bins = ((sim.clamp(-1, 1 - 1e-6) + 1) / 2 * self.buckets).long()
-            hist = torch.nn.functional.one_hot(bins, self.buckets).float() * mask.unsqueeze(-1)
+            bins = ((sim.float().clamp(-1, 1) + 1) / 2 * self.buckets).long().clamp(max=self.buckets - 1)
+            hist = torch.nn.functional.one_hot(bins, self.buckets).to(dt) * mask.unsqueeze(-1)
             ctx.append(torch.log1p(hist.sum(1)))
         return self.head(torch.cat(ctx, dim=-1)).squeeze(-1)
 
