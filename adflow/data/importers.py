@@ -128,6 +128,20 @@ def _default_creatives(items: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _interaction_tables(
+    items: pd.DataFrame, impressions: pd.DataFrame, behaviour: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """The contract tables of an interaction source: users are whoever acted; one default creative per item."""
+    users = pd.DataFrame({"user_id": np.sort(behaviour["user_id"].unique()), "segment": None})
+    return {
+        "items": items,
+        "creatives": _default_creatives(items),
+        "users": users,
+        "impressions": impressions,
+        "behaviour": behaviour,
+    }
+
+
 def _epoch(s: pd.Series) -> pd.Series:
     return pd.to_datetime(s.astype(np.int64), unit="s", utc=True)
 
@@ -251,14 +265,7 @@ def import_taobao(
         extra_note = {"catalog_items_missing": len(missing), "images_copied": n_copied}
     else:
         extra_note = {}
-    users = pd.DataFrame({"user_id": np.sort(df["user_id"].unique()), "segment": None})
-    tables = {
-        "items": items,
-        "creatives": _default_creatives(items),
-        "users": users,
-        "impressions": impressions,
-        "behaviour": behaviour,
-    }
+    tables = _interaction_tables(items, impressions, behaviour)
     return _write(out_dir, "taobao", tables, {"input": str(path), **extra_note})
 
 
@@ -348,14 +355,7 @@ def import_movielens(directory: str | Path, out: str | Path) -> dict[str, object
             "value": r["rating"].astype(float).to_numpy(),
         }
     )
-    users = pd.DataFrame({"user_id": np.sort(r["user_id"].unique()), "segment": None})
-    tables = {
-        "items": items,
-        "creatives": _default_creatives(items),
-        "users": users,
-        "impressions": impressions,
-        "behaviour": behaviour,
-    }
+    tables = _interaction_tables(items, impressions, behaviour)
     return _write(out_dir, "movielens-100k", tables, {"input": str(d)})
 
 
