@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 from adflow import registry
 from adflow.cli import app
 from adflow.config import GateConfig
+from adflow.metrics import paired_auc_diff
 from adflow.tracking import client, ensure_experiment
 from components.evaluation.gate.core import decide
 
@@ -46,6 +48,23 @@ def registry_uri(tmp_path: Path) -> str:
         v = registry.register(uri, run.info.run_id, str(path), "ctr", {"k": str(k)}, ["torch==2.13.0"])
         assert v == k + 1
     return uri
+
+
+def test_paired_auc_difference_interval() -> None:
+    """The candidate-vs-baseline lead in the gate report: zero for the same model, clearly positive for a
+    better one, an interval around zero for two equally good ones."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(300), 20)
+    signal = rng.normal(size=len(users))
+    y = (rng.random(len(users)) < 1 / (1 + np.exp(-(signal - 2)))).astype(int)
+    good, worse = signal + rng.normal(0, 0.5, len(y)), signal + rng.normal(0, 2.0, len(y))
+    same = paired_auc_diff(users, y, good, good, n_boot=100)
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    better = paired_auc_diff(users, y, good, worse, n_boot=100)
+    assert 0 < better["lo"] < better["diff"] < better["hi"]
+    twin = signal + rng.normal(0, 0.5, len(y))  # as good as `good`, different noise
+    tie = paired_auc_diff(users, y, good, twin, n_boot=100)
+    assert tie["lo"] < 0 < tie["hi"]
 
 
 def test_promote_rollback_history(registry_uri: str) -> None:

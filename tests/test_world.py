@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from adflow.contract import PANDAS_DTYPES, TABLES, read_manifest
-from adflow.data.world import FACTOR_TEXT, appeal, generate, pair_verdict
+from adflow.data.world import COLOUR_NAMES, FACTOR_TEXT, STYLES, appeal, generate, pair_verdict
 
 from .conftest import small_settings
 
@@ -68,6 +68,31 @@ def test_clicks_follow_the_ground_truth(small_world: Path) -> None:
     # top positions get more clicks (position bias)
     ctr_by_pos = imp.groupby("position")["click"].mean()
     assert ctr_by_pos.iloc[0] > ctr_by_pos.iloc[-1]
+
+
+def test_history_carries_the_whole_taste(small_world: Path) -> None:
+    """Pre-window clicks reflect category, colour and style taste, so content interest is learnable from them."""
+    users = pd.read_parquet(small_world / "truth" / "users.parquet")
+    items = pd.read_parquet(small_world / "truth" / "items.parquet")
+    meta = json.loads((small_world / "truth" / "meta.json").read_text())
+    beh = pd.read_parquet(small_world / "behaviour.parquet")
+    hist = beh[(beh["event_type"] == "click") & (beh["ts"] < pd.Timestamp(meta["window_start"]))]
+    hist = hist.merge(items, on="item_id").merge(users, on="user_id")
+    assert len(hist) > 5 * len(users)
+    # a clicked item's colour (style) is one the user likes more than a catalog item of the same browse would
+    # be: the mean taste for the clicked value beats the catalog-weighted mean taste for every value
+    for attr, pref_col, values, lift in (
+        ("colour", "colour_pref", list(COLOUR_NAMES), 1.15),
+        ("style", "style_pref", list(STYLES), 1.08),
+    ):
+        share = items[attr].value_counts(normalize=True).reindex(values, fill_value=0.0).to_numpy()
+        prefs = np.stack(hist[pref_col].to_numpy())
+        clicked = prefs[np.arange(len(hist)), hist[attr].map(values.index).to_numpy()]
+        assert clicked.mean() > lift * (prefs @ share).mean(), attr
+    # and the category taste, more strongly: most history clicks are in one of the user's top-2 categories
+    top2 = [set(np.argsort(-np.asarray(p))[:2]) for p in hist["cat_pref"]]
+    in_top2 = np.mean([c in t for c, t in zip(hist["category_index"], top2, strict=True)])
+    assert in_top2 > 0.6
 
 
 def test_cold_start_items_exist_and_respect_launch(small_world: Path) -> None:

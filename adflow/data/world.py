@@ -7,9 +7,12 @@ The click model (the truth every CTR model is scored against):
     logit = b0 + W_CONTENT * content(u, i) + W_APPEAL * appeal(creative, segment(u))
                - W_POSITION * log(position) + W_POPULARITY * popularity(i)
 
-- content(u, i): the user's latent taste for the item's category, colour and style. Category is the
-  object's shape in the image, colour its fill and the title's colour word, style a mark and a title word:
-  a content model can read it; an ID model must learn it item by item, and cannot for cold-start items.
+- content(u, i): the user's latent taste for the item's category, colour and style (log-ratios to a
+  uniform taste; colour and style weigh nearly as much as category). Category is the object's shape in the
+  image, colour its fill and the title's colour word, style a mark and a title word: a content model can
+  read it; an ID model must learn it item by item, and cannot for cold-start items.
+- the behaviour history before the window is drawn with the same content term (browse by category taste,
+  click with probability proportional to exp(content)), so past clicks reveal the whole taste.
 - appeal(creative, segment): the creative's design factors weighted per user segment (SEGMENT_WEIGHTS).
   It also labels CreativePairs, and the deciding factor is the one that contributes most to the winner.
 - popularity(i): an ID-level effect no picture shows (what collaborative signals capture).
@@ -72,6 +75,7 @@ FACTOR_TEXT = {
     "theme": "colour theme",
 }
 W_CONTENT, W_APPEAL, W_POSITION, W_POPULARITY = 1.0, 0.8, 0.5, 0.6
+COLOUR_W, STYLE_W = 0.8, 0.6  # within content(u, i), relative to category taste (weight 1)
 PROTOCOL = (
     "Protocol: compare product prominence, background clutter, text legibility and colour theme, "
     "weigh them by what this user cares about, then decide."
@@ -301,10 +305,12 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
     users = pd.DataFrame({"user_id": user_ids, "segment": np.array(SEGMENTS)[seg_idx]})
 
     def content(u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        # Log-ratio to a uniform taste, clipped: strong dislikes do not dominate the logit.
+        # Log-ratios to a uniform taste, clipped: strong dislikes do not dominate the logit. Colour and
+        # style weigh nearly as much as category: within a category, what a user clicks is decided by
+        # what the item looks like, which is what a content model reads and an ID model cannot for new items.
         c = np.clip(np.log(K * cat_pref[u, cat[i]] + 1e-9), -3.0, 2.0)
-        c = c + 0.8 * (len(COLOURS) * colour_pref[u, colour[i]] - 1.0) / 2.0
-        c = c + 0.5 * (len(STYLES) * style_pref[u, style[i]] - 1.0)
+        c = c + COLOUR_W * np.clip(np.log(len(COLOURS) * colour_pref[u, colour[i]] + 1e-9), -2.0, 1.5)
+        c = c + STYLE_W * np.clip(np.log(len(STYLES) * style_pref[u, style[i]] + 1e-9), -2.0, 1.5)
         return np.asarray(c * 0.6)
 
     by_cat = [np.nonzero(cat == k)[0] for k in range(K)]
@@ -328,14 +334,21 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
             items_[bad] = _draw_in_category(rng, cats[bad], warm_by_cat, warm_cdf)
         return items_
 
-    # ---- pre-window behaviour history
+    # ---- pre-window behaviour history: clicks while browsing before the window, drawn like the window's
+    # clicks. Browsed items follow the user's category taste; a browsed item is clicked with probability
+    # proportional to exp(W_CONTENT * content), the click model's content term at a low click rate. So the
+    # history carries the whole taste (category, colour, style), as a real click log does. Accept-reject
+    # over a surplus of candidates keeps the draw vectorised at full scale.
     n_hist = rng.poisson(cfg.history_events_per_user * activity)
-    h_user = np.repeat(np.arange(n_users), n_hist)
-    h_ts = rng.uniform(0, hist_s, len(h_user)).astype(np.int64)
-    h_item = pick_users_items(h_user, h_ts, match=0.9)
-    # Taste within the category (colour, style) by accept-reject: keeps the draw vectorised at full scale.
-    keep = rng.random(len(h_user)) < np.exp(np.minimum(content(h_user, h_item), 0.0))
-    h_user, h_ts, h_item = h_user[keep], h_ts[keep], h_item[keep]
+    c_user = np.repeat(np.arange(n_users), 8 * n_hist + 4)  # sorted by user
+    c_ts = rng.uniform(0, hist_s, len(c_user)).astype(np.int64)
+    c_item = pick_users_items(c_user, c_ts, match=0.65)
+    score = W_CONTENT * content(c_user, c_item)
+    accept = rng.random(len(c_user)) < np.exp(np.minimum(score - np.quantile(score, 0.95), 0.0))
+    c_user, c_ts, c_item = c_user[accept], c_ts[accept], c_item[accept]
+    rank = np.arange(len(c_user)) - np.searchsorted(c_user, c_user)  # candidates come in random order
+    keep = rank < n_hist[c_user]
+    h_user, h_ts, h_item = c_user[keep], c_ts[keep], c_item[keep]
 
     # ---- sessions, queries, slates
     n_sess = np.maximum(1, rng.poisson(cfg.sessions_per_user * activity))

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from adflow.config import GateConfig, Settings
-from adflow.metrics import calibration, ctr_report
+from adflow.metrics import calibration, ctr_report, paired_auc_diff
 from adflow.progress import log
 
 STAGE = "gate"
@@ -34,6 +34,8 @@ class GateDecision:
     champion: dict[str, float] | None = None
     champion_version: int | None = None
     models: dict[str, dict[str, float]] = field(default_factory=dict)  # every scored model, for the table
+    # candidate minus each baseline variant on the same impressions: {"din": {"auc": {diff, lo, hi}, ...}}
+    versus: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     report_md: str = ""
     report_html: str = ""
 
@@ -119,6 +121,18 @@ def _table_md(models: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
+def _versus_lines(d: GateDecision) -> list[str]:
+    """One line per baseline: the candidate's AUC and cold-start AUC lead, with its bootstrap interval."""
+    lines = []
+    for base, diffs in d.versus.items():
+        parts = [
+            f"{k.replace('_', '-')} {v['diff']:+.4f} (95% CI {v['lo']:+.4f} to {v['hi']:+.4f})"
+            for k, v in diffs.items()
+        ]
+        lines.append(f"Candidate minus {base}, same impressions, user-cluster bootstrap: " + "; ".join(parts))
+    return lines
+
+
 def write_report(out: Path, d: GateDecision, plots: list[str], test_rows: int) -> None:
     verdict = "PASSED" if d.passed else "REJECTED"
     md = "\n".join(
@@ -131,6 +145,8 @@ def write_report(out: Path, d: GateDecision, plots: list[str], test_rows: int) -
             + (f"version {d.champion_version}" if d.champion_version else "none"),
             "",
             _table_md(d.models),
+            "",
+            *_versus_lines(d),
             "",
             *[f"![{p}]({p})" for p in plots],
         ]
@@ -151,6 +167,7 @@ td:first-child,th:first-child{{text-align:left}}h1{{color:{colour}}}</style></he
 <h1>Gate: {verdict}</h1><p><b>Reason:</b> {html.escape(d.reason)}</p>
 <p>Held-out test split: {test_rows} impressions. Champion: {f"version {d.champion_version}" if d.champion_version else "none"}.</p>
 <table><tr><th>model</th>{"".join(f"<th>{c}</th>" for c in COLUMNS)}</tr>{rows}</table>
+{"".join(f"<p>{html.escape(line)}</p>" for line in _versus_lines(d))}
 {"".join(f'<p><img src="{p}" style="max-width:100%"></p>' for p in plots)}</body></html>"""
     (out / "index.html").write_text(page)
     d.report_md, d.report_html = str(out / "report.md"), str(out / "index.html")
@@ -184,6 +201,15 @@ def evaluate(
             preds[variant],
         ) = score(pred, test, cold)
     cand = models[f"{cand_name} (candidate)"]
+    users, y = test["user_id"].to_numpy(), test["click"].to_numpy()
+    versus = {
+        v: {
+            "auc": paired_auc_diff(users, y, preds[cand_name], preds[v]),
+            "cold_auc": paired_auc_diff(users[cold], y[cold], preds[cand_name][cold], preds[v][cold]),
+        }
+        for v in paths
+        if v != cand_name
+    }
     c = client(tracking_uri)
     name = settings.registry.model_name
     champ_version = alias_version(c, name, CHAMPION) if _model_exists(c, name) else None
@@ -197,7 +223,7 @@ def evaluate(
             "cold_auc": cand.get("oracle_cold_auc", math.nan),
         }
     passed, reason = decide(settings.gate, cand, champ)
-    d = GateDecision(passed, reason, settings.gate.metric, cand, champ, champ_version, models)
+    d = GateDecision(passed, reason, settings.gate.metric, cand, champ, champ_version, models, versus)
     write_report(out, d, _plots(out, test["click"].to_numpy(), preds), len(test))
     (out / "decision.json").write_text(json.dumps(asdict(d), indent=2, default=float))
     log(STAGE, f"{'PASSED' if passed else 'REJECTED'}: {reason}")
@@ -233,6 +259,9 @@ def run(
         for label, m in d.models.items():
             key = label.split(" ")[0] if not label.startswith("champion") else "champion"
             flat |= {f"{key}_{k}": v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)}
+        for base, diffs in d.versus.items():
+            for k, v in diffs.items():
+                flat |= {f"lead_vs_{base}_{k}_{q}": x for q, x in v.items() if math.isfinite(x)}
         sr.metrics(flat)
         sr.tag(NOTE_TAG, ("PASSED: " if d.passed else "REJECTED: ") + d.reason)
         sr.log_file(out_dir, "gate_report")
