@@ -33,7 +33,11 @@ model_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(config_app, name="config")
+ab_app = typer.Typer(
+    help="A/B experiments: create, ramp, pause, stop (kill switch), status, report.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
+app.add_typer(ab_app, name="ab")
 
 Preset = Annotated[str, typer.Option("--preset", "-p", help="what to train: tiny | full | path to a YAML")]
 Placement = Annotated[
@@ -172,16 +176,21 @@ def _uri(placement: str, sets: list[str] | None) -> str:
     return _settings("tiny", placement, sets).resolved().placement.tracking_uri()
 
 
+def _refusing(fn: Any, errors: tuple[type[Exception], ...]) -> Any:
+    """Run a CLI action; a refusal (one of `errors`) prints its message and exits 2 instead of a traceback."""
+    try:
+        return fn()
+    except errors as e:
+        typer.secho(f"error: {getattr(e, 'message', e)}", fg="red", err=True)
+        raise typer.Exit(2) from e
+
+
 def _registry_call(fn: Any) -> Any:
     from mlflow.exceptions import MlflowException
 
     from adflow.registry import RegistryError
 
-    try:
-        return fn()
-    except (RegistryError, MlflowException) as e:
-        typer.secho(f"error: {getattr(e, 'message', e)}", fg="red", err=True)
-        raise typer.Exit(2) from e
+    return _refusing(fn, (RegistryError, MlflowException))
 
 
 @model_app.command("promote")
@@ -255,3 +264,126 @@ def main() -> None:  # pragma: no cover - console entry point
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+
+
+# ---------------------------------------------------------------- A/B experiments
+
+
+def _ab_store(placement: str, sets: list[str] | None) -> Any:
+    from adflow.ab.store import ABStore
+
+    ws = _settings("tiny", placement, sets).resolved().placement.workspace_path()
+    return ABStore(ws / "ab.sqlite")
+
+
+def _ab_call(fn: Any) -> Any:
+    from adflow.ab.store import ABError
+
+    return _refusing(fn, (ABError, ValueError))
+
+
+def _weights(pairs: list[str]) -> dict[str, float]:
+    out = {}
+    for p in pairs:
+        name, sep, w = p.partition("=")
+        try:
+            out[name] = float(w)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            typer.secho(f"error: {p!r} is not ARM=WEIGHT (e.g. challenger=0.1)", fg="red", err=True)
+            raise typer.Exit(2)
+    return out
+
+
+@ab_app.command("create")
+def ab_create(
+    name: Annotated[str, typer.Argument(help="experiment name")],
+    treatment_weight: Annotated[float, typer.Option(help="share of traffic for the challenger")] = 0.01,
+    control: Annotated[str, typer.Option(help="control arm's model (registry reference)")] = "alias:champion",
+    treatment: Annotated[str, typer.Option(help="treatment arm's model")] = "alias:challenger",
+    metric: Annotated[str, typer.Option(help="primary metric")] = "ctr",
+    min_sample: Annotated[int, typer.Option(help="exposures per arm before a decision")] = 1000,
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Create a running experiment: control (champion) vs treatment (challenger)."""
+    from adflow.ab.assign import Arm
+
+    arms = [Arm("control", control, 1 - treatment_weight), Arm("treatment", treatment, treatment_weight)]
+    store = _ab_store(placement, set_)
+    exp = _ab_call(lambda: store.create(name, arms, metric, min_sample))
+    typer.echo(f"{exp.name}: running, control {1 - treatment_weight:.2f} / treatment {treatment_weight:.2f}")
+
+
+@ab_app.command("ramp")
+def ab_ramp(
+    name: Annotated[str, typer.Argument(help="experiment name")],
+    weight: Annotated[list[str], typer.Argument(help="ARM=WEIGHT for treatment arms, e.g. treatment=0.5")],
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Change treatment weights (users already in a treatment stay there); resumes a paused experiment."""
+    store = _ab_store(placement, set_)
+    exp = _ab_call(lambda: store.ramp(name, _weights(weight)))
+    typer.echo(f"{exp.name}: " + ", ".join(f"{a.name} {a.weight:.2f}" for a in exp.arms))
+
+
+@ab_app.command("pause")
+def ab_pause(name: str, placement: Placement = "local", set_: Sets = None) -> None:
+    """All traffic to control for now; weights are kept for `ramp` to resume."""
+    exp = _ab_call(lambda: _ab_store(placement, set_).pause(name))
+    typer.echo(f"{exp.name}: paused")
+
+
+@ab_app.command("stop")
+def ab_stop(
+    name: str,
+    reason: Annotated[str, typer.Option(help="why (recorded)")] = "",
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Kill switch: every user back to control at once, for good."""
+    exp = _ab_call(lambda: _ab_store(placement, set_).stop(name, reason))
+    typer.echo(f"{exp.name}: stopped, all traffic to {exp.control}")
+
+
+@ab_app.command("status")
+def ab_status(placement: Placement = "local", set_: Sets = None) -> None:
+    """Every experiment: status, arms and weights, exposures so far."""
+    from rich.console import Console
+    from rich.table import Table
+
+    store = _ab_store(placement, set_)
+    t = Table(title="A/B experiments")
+    for col in ("name", "status", "arms (weight, model)", "exposures", "clicks", "created"):
+        t.add_column(col)
+    for e in store.experiments():
+        ex = store.exposures(e.name)
+        arms = "; ".join(f"{a.name} {a.weight:.2f} {a.model}" for a in e.arms)
+        t.add_row(e.name, e.status, arms, str(len(ex)), str(int(ex["click"].sum())), e.created_at)
+    Console(width=160).print(t)
+
+
+@ab_app.command("report")
+def ab_report(
+    name: str,
+    out: Annotated[Path | None, typer.Option(help="report folder (default: runs/ab/<name>)")] = None,
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Analyse the exposure log: CTR per arm, lift, SRM, always-valid p-values; HTML + JSON."""
+    from adflow.ab.analysis import analyse
+    from adflow.ab.report import write_report
+
+    s = _settings("tiny", placement, set_).resolved()
+    store = _ab_store(placement, set_)
+    exp = _ab_call(lambda: store.get(name))
+    ex = store.exposures(name)
+    weights = {x.name: x.weight for x in exp.arms}
+    window = store.weight_period(name)
+    a = _ab_call(lambda: analyse(ex, weights, exp.control, name, srm_window=window))
+    page = write_report(a, ex, out or Path(s.placement.runs_dir) / "ab" / name)
+    for r in a.arms:
+        typer.echo(f"{r.arm:>10}: {r.exposures} exposures, CTR {r.ctr:.4f} [{r.ctr_lo:.4f}, {r.ctr_hi:.4f}]")
+    typer.echo(f"SRM p={a.srm_p:.3g}; {a.verdict}\nreport: {page}")

@@ -1,0 +1,176 @@
+"""A/B analysis over the exposure log: per-arm CTR with intervals, lift, SRM, and an always-valid test.
+
+- CTR per arm with a Wilson 95% interval (sound at low click rates, unlike the normal interval).
+- Relative lift of each treatment over control, with a delta-method interval on log(CTR_t / CTR_c).
+- Sample-ratio mismatch: chi-square of exposures per arm against the configured weights. A small p-value means
+  the split is broken (assignment, logging or a bot), and no lift from it can be trusted.
+- mSPRT (Johari, Pekelis & Walsh, "Always valid inference", 2017): a normal mixture likelihood ratio on the CTR
+  difference, whose running p-value may be read at any time, as often as one likes, without inflating false
+  positives (a fixed-horizon z-test read every minute would). Evaluated at `checkpoints` points along the
+  exposure stream in time order; the running minimum is the always-valid p-value.
+
+Exposures are treated as independent Bernoulli trials. A user sees many impressions, so this understates the
+variance a little; a per-user (cluster) variance is the next refinement at full scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+Z95 = 1.959963984540054
+
+
+def wilson(clicks: int, n: int, z: float = Z95) -> tuple[float, float]:
+    if n == 0:
+        return (math.nan, math.nan)
+    p = clicks / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (centre - half, centre + half)
+
+
+def lift_interval(c_t: int, n_t: int, c_c: int, n_c: int, z: float = Z95) -> tuple[float, float, float]:
+    """Relative lift CTR_t / CTR_c - 1 with a delta-method interval on the log ratio."""
+    if min(c_t, c_c, n_t, n_c) == 0:
+        return (math.nan, math.nan, math.nan)
+    p_t, p_c = c_t / n_t, c_c / n_c
+    log_ratio = math.log(p_t / p_c)
+    se = math.sqrt((1 - p_t) / c_t + (1 - p_c) / c_c)
+    return (p_t / p_c - 1, math.exp(log_ratio - z * se) - 1, math.exp(log_ratio + z * se) - 1)
+
+
+def srm_pvalue(counts: list[int], weights: list[float]) -> float:
+    """Chi-square goodness of fit of exposure counts to the configured weights (arms with weight 0 dropped)."""
+    pairs = [(c, w) for c, w in zip(counts, weights, strict=True) if w > 0]
+    n = sum(c for c, _ in pairs)
+    if n == 0 or len(pairs) < 2:
+        return math.nan
+    total_w = sum(w for _, w in pairs)
+    expected = [n * w / total_w for _, w in pairs]
+    return float(stats.chisquare([c for c, _ in pairs], expected).pvalue)
+
+
+def msprt_pvalues(y_c: np.ndarray, y_t: np.ndarray, tau: float, checkpoints: int = 50) -> np.ndarray:
+    """Always-valid p-values of H0: CTR_t == CTR_c at `checkpoints` prefixes of two time-ordered 0/1 streams.
+
+    At each prefix: theta = mean_t - mean_c, v = var_t / n_t + var_c / n_c, and the mixture likelihood ratio of
+    theta ~ N(0, tau^2) against theta = 0 is  sqrt(v / (v + tau^2)) * exp(theta^2 tau^2 / (2 v (v + tau^2))).
+    The p-value is the running minimum of 1 / LR, capped at 1.
+    """
+    y_c, y_t = np.asarray(y_c, float), np.asarray(y_t, float)
+    if len(y_c) == 0 or len(y_t) == 0:
+        return np.ones(0)
+    fractions = np.linspace(0, 1, checkpoints + 1)[1:]
+    out, running = [], 1.0
+    cum_c, cum_t = np.cumsum(y_c), np.cumsum(y_t)
+    for f in fractions:
+        n_c, n_t = max(1, round(f * len(y_c))), max(1, round(f * len(y_t)))
+        m_c, m_t = cum_c[n_c - 1] / n_c, cum_t[n_t - 1] / n_t
+        pooled = (cum_c[n_c - 1] + cum_t[n_t - 1]) / (n_c + n_t)
+        var = max(pooled * (1 - pooled), 1e-12)  # under H0 both arms share one click rate
+        v = var / n_c + var / n_t
+        theta = m_t - m_c
+        log_lr = 0.5 * math.log(v / (v + tau * tau)) + theta * theta * tau * tau / (2 * v * (v + tau * tau))
+        running = min(running, math.exp(-log_lr) if log_lr > -700 else 1.0)
+        out.append(min(1.0, running))
+    return np.array(out)
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    weight: float
+    exposures: int
+    clicks: int
+    ctr: float
+    ctr_lo: float
+    ctr_hi: float
+    lift: float = math.nan  # vs control; nan for control itself
+    lift_lo: float = math.nan
+    lift_hi: float = math.nan
+    p_value: float = math.nan  # always-valid (mSPRT) vs control
+
+
+@dataclass
+class Analysis:
+    experiment: str
+    control: str
+    arms: list[ArmResult]
+    srm_p: float
+    srm_ok: bool
+    alpha: float
+    verdict: str
+    p_path: dict[str, list[float]] = field(default_factory=dict)  # per treatment: running p at checkpoints
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def analyse(
+    exposures: pd.DataFrame,
+    weights: dict[str, float],
+    control: str,
+    experiment: str = "",
+    alpha: float = 0.05,
+    srm_alpha: float = 0.001,
+    tau_rel: float = 0.2,
+    checkpoints: int = 50,
+    srm_window: tuple[float, float | None] | None = None,
+) -> Analysis:
+    """`exposures`: one row per exposure with columns arm, click (0/1), ts (for time order).
+
+    `srm_window`: [start, end) of the stretch served under `weights` (after the last ramp, before a pause or
+    stop); the SRM check counts only those exposures. None: all of them.
+
+    `tau_rel`: the mSPRT mixing scale as a share of control's CTR (the size of effect the test is tuned to find
+    fastest; any effect is found eventually).
+    """
+    missing = {"arm", "click", "ts"} - set(exposures.columns)
+    if missing:
+        raise ValueError(f"exposures lack columns {sorted(missing)}")
+    unknown = set(exposures["arm"].unique()) - set(weights)
+    if unknown:
+        raise ValueError(f"exposures name arms {sorted(unknown)} that the experiment does not have")
+    ex = exposures.sort_values("ts", kind="stable")
+    by_arm = {a: ex.loc[ex["arm"] == a, "click"].to_numpy(dtype=float) for a in weights}
+    c_y = by_arm[control]
+    c_n, c_k = len(c_y), int(c_y.sum())
+    tau = tau_rel * (c_k / c_n if c_n else 0.05) or 1e-3
+    results, p_path = [], {}
+    for arm, w in weights.items():
+        y = by_arm[arm]
+        n, k = len(y), int(y.sum())
+        lo, hi = wilson(k, n)
+        r = ArmResult(arm, w, n, k, k / n if n else math.nan, lo, hi)
+        if arm != control:
+            r.lift, r.lift_lo, r.lift_hi = lift_interval(k, n, c_k, c_n)
+            path = msprt_pvalues(c_y, y, tau, checkpoints)
+            p_path[arm] = path.tolist()
+            r.p_value = float(path[-1]) if len(path) else math.nan
+        results.append(r)
+    window = ex
+    if srm_window is not None:
+        w_lo, w_hi = srm_window
+        window = ex[(ex["ts"] >= w_lo) & ((ex["ts"] < w_hi) if w_hi is not None else True)]
+    srm_p = srm_pvalue([int((window["arm"] == r.arm).sum()) for r in results], [r.weight for r in results])
+    srm_ok = not (srm_p < srm_alpha)
+    if not srm_ok:
+        verdict = f"sample ratio mismatch (p={srm_p:.2g}): the split is broken, do not trust the lift"
+    else:
+        wins = [r for r in results if r.arm != control and r.p_value < alpha]
+        if not wins:
+            verdict = f"no significant difference yet (always-valid p >= {alpha})"
+        else:
+            best = max(wins, key=lambda r: r.lift)
+            direction = "better" if best.lift > 0 else "worse"
+            verdict = (
+                f"{best.arm} is {direction} than {control}: lift {best.lift:+.1%} "
+                f"[{best.lift_lo:+.1%}, {best.lift_hi:+.1%}], always-valid p={best.p_value:.3g}"
+            )
+    return Analysis(experiment, control, results, srm_p, srm_ok, alpha, verdict, p_path)

@@ -1,0 +1,205 @@
+"""A/B core: sticky assignment and ramps, the durable experiment store and exposure log, and the analysis."""
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adflow.ab.analysis import analyse, msprt_pvalues, srm_pvalue, wilson
+from adflow.ab.assign import BUCKETS, Arm, Layout, assign, bucket
+from adflow.ab.store import ABError, ABStore, Exposure
+
+USERS = range(1, 20_001)
+
+
+def _arms(w_treat: float) -> list[Arm]:
+    return [Arm("control", "alias:champion", 1 - w_treat), Arm("treatment", "alias:challenger", w_treat)]
+
+
+def test_buckets_are_stable_and_uniform() -> None:
+    b = np.array([bucket("salt-1", u) for u in USERS])
+    assert (b == np.array([bucket("salt-1", u) for u in USERS])).all()  # same input, same bucket
+    assert (b != np.array([bucket("salt-2", u) for u in USERS])).mean() > 0.99  # another salt reshuffles
+    counts = np.bincount(b * 10 // BUCKETS, minlength=10)
+    assert counts.min() > 0.9 * len(b) / 10  # uniform across deciles
+
+
+def test_ramp_only_moves_users_out_of_control() -> None:
+    steps = [0.01, 0.10, 0.50, 0.10, 0.0]
+    arms = [{u: assign("exp", u, _arms(w)) for u in USERS} for w in steps]
+    for before, after, (w0, w1) in zip(arms, arms[1:], itertools.pairwise(steps), strict=False):
+        moved = [u for u in USERS if before[u] != after[u]]
+        if w1 > w0:  # ramping up: treatment users stay, only control users move in
+            assert all(before[u] == "control" and after[u] == "treatment" for u in moved)
+        else:  # ramping down: only treatment users go back
+            assert all(before[u] == "treatment" and after[u] == "control" for u in moved)
+    share = np.mean([a == "treatment" for a in arms[2].values()])
+    assert share == pytest.approx(0.5, abs=0.01)
+
+
+def test_layout_refuses_bad_weights() -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        Layout.of([Arm("c", "m", 0.5), Arm("t", "m", 0.6)])
+    with pytest.raises(ValueError, match="exceeds its slot"):
+        Layout.of([Arm("c", "m", 0.1), Arm("t1", "m", 0.6), Arm("t2", "m", 0.3)])
+    with pytest.raises(ValueError, match="unique"):
+        Layout.of([Arm("c", "m", 0.5), Arm("c", "m", 0.5)])
+    with pytest.raises(ValueError, match="treatment"):
+        Layout.of([Arm("c", "m", 1.0)])
+
+
+def test_store_lifecycle_is_durable_and_sticky(tmp_path: Path) -> None:
+    db = tmp_path / "ab.sqlite"
+    store = ABStore(db)
+    exp = store.create("rank-v2", _arms(0.10), min_sample=500)
+    before = {u: exp.layout().arm_of(bucket(exp.salt, u)) for u in range(1, 2001)}
+    store.log_exposures(
+        Exposure(f"e{u}", float(u), "rank-v2", str(u), before[u], "m", 7, None, 1) for u in range(1, 101)
+    )
+    store.log_clicks(["e3", "e5"], 200.0)
+    with pytest.raises(ABError, match="unknown exposures"):
+        store.log_clicks(["nope"], 201.0)
+    store.close()
+
+    store = ABStore(db)  # a restart: the same salt, weights and log come back
+    exp2 = store.get("rank-v2")
+    assert exp2 is not None and exp2.salt == exp.salt
+    assert {u: exp2.layout().arm_of(bucket(exp2.salt, u)) for u in range(1, 2001)} == before
+    log = store.exposures("rank-v2")
+    assert len(log) == 100 and set(log.loc[log["click"] == 1, "exposure_id"]) == {"e3", "e5"}
+
+    ramped = store.ramp("rank-v2", {"treatment": 0.5})
+    assert [a.weight for a in ramped.arms] == [0.5, 0.5]
+    after = {u: ramped.layout().arm_of(bucket(ramped.salt, u)) for u in range(1, 2001)}
+    assert all(after[u] == "treatment" for u in before if before[u] == "treatment")
+    with pytest.raises(ABError, match="no arm"):
+        store.ramp("rank-v2", {"other": 0.2})
+
+    store.pause("rank-v2")  # paused: everyone sees control, weights kept
+    paused = store.get("rank-v2")
+    assert paused is not None and {paused.layout().arm_of(b) for b in range(BUCKETS)} == {"control"}
+    assert [a.weight for a in paused.arms] == [0.5, 0.5]
+    store.ramp("rank-v2", {"treatment": 0.5})  # resume
+    store.stop("rank-v2", reason="alert")  # the kill switch
+    stopped = store.get("rank-v2")
+    assert stopped is not None and stopped.status == "stopped"
+    assert {stopped.layout().arm_of(b) for b in range(BUCKETS)} == {"control"}
+    with pytest.raises(ABError, match="stopped"):
+        store.ramp("rank-v2", {"treatment": 0.2})
+    actions = [e["action"] for e in store.events("rank-v2")]
+    assert actions == ["create", "ramp", "pause", "ramp", "stop"]
+    assert all(e["who"] and e["at"] for e in store.events("rank-v2"))
+    with pytest.raises(ABError, match="already exists"):
+        store.create("rank-v2", _arms(0.1))
+
+
+def _stream(rng: np.random.Generator, ctr: dict[str, float], n: dict[str, int]) -> pd.DataFrame:
+    rows = [
+        pd.DataFrame(
+            {"arm": arm, "click": (rng.random(n[arm]) < ctr[arm]).astype(int), "ts": rng.random(n[arm])}
+        )
+        for arm in ctr
+    ]
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_analysis_finds_a_real_lift() -> None:
+    rng = np.random.default_rng(0)
+    ex = _stream(rng, {"control": 0.08, "treatment": 0.10}, {"control": 20_000, "treatment": 20_000})
+    a = analyse(ex, {"control": 0.5, "treatment": 0.5}, "control")
+    t = next(r for r in a.arms if r.arm == "treatment")
+    assert a.srm_ok and t.p_value < 0.05 and 0 < t.lift_lo < t.lift < t.lift_hi
+    assert t.lift == pytest.approx(0.25, abs=0.08)
+    assert "treatment is better" in a.verdict
+    lo, hi = wilson(t.clicks, t.exposures)
+    assert lo < t.ctr < hi and (t.ctr_lo, t.ctr_hi) == (lo, hi)
+
+
+def test_aa_test_and_peeking() -> None:
+    """A/A: SRM passes and the always-valid test rarely rejects even when read 50 times; a z-test read as often
+    rejects far more often (the false positives mSPRT exists to prevent)."""
+    rng = np.random.default_rng(1)
+    msprt_rejects, peek_rejects = 0, 0
+    for _ in range(200):
+        c, t = (rng.random(4000) < 0.08).astype(float), (rng.random(4000) < 0.08).astype(float)
+        msprt_rejects += msprt_pvalues(c, t, tau=0.016, checkpoints=50)[-1] < 0.05
+        cut = np.linspace(80, 4000, 50).astype(int)
+        z = [
+            abs(t[:k].mean() - c[:k].mean())
+            / np.sqrt(max((c[:k].sum() + t[:k].sum()) / (2 * k) * (1 - (c[:k].sum() + t[:k].sum()) / (2 * k)), 1e-9) * 2 / k)
+            for k in cut
+        ]  # fmt: skip
+        peek_rejects += max(z) > 1.96
+    assert msprt_rejects / 200 <= 0.05
+    assert peek_rejects > 2 * max(msprt_rejects, 5)
+    ex = _stream(rng, {"control": 0.08, "treatment": 0.08}, {"control": 10_000, "treatment": 10_000})
+    a = analyse(ex, {"control": 0.5, "treatment": 0.5}, "control")
+    assert a.srm_ok and "no significant difference" in a.verdict
+
+
+def test_broken_split_fails_srm() -> None:
+    rng = np.random.default_rng(2)
+    ex = _stream(rng, {"control": 0.08, "treatment": 0.08}, {"control": 6000, "treatment": 4000})
+    a = analyse(ex, {"control": 0.5, "treatment": 0.5}, "control")  # configured 50/50, sent 60/40
+    assert not a.srm_ok and a.srm_p < 1e-6 and "sample ratio mismatch" in a.verdict
+    assert srm_pvalue([5000, 5000], [0.5, 0.5]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="does not have"):
+        analyse(ex.assign(arm="ghost"), {"control": 0.5, "treatment": 0.5}, "control")
+
+
+def test_ab_cli(tmp_path: Path) -> None:
+    """create -> ramp -> report -> pause -> stop through the CLI, on the workspace's store; bad input is refused."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from adflow.cli import app
+
+    sets = [
+        "--set",
+        f"placement.workspace={tmp_path / 'ws'}",
+        "--set",
+        f"placement.runs_dir={tmp_path / 'runs'}",
+    ]
+    cli = CliRunner()
+
+    def run(*args: str) -> str:
+        r = cli.invoke(app, ["ab", *args, *sets])
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    assert "treatment 0.10" in run("create", "rank-v2", "--treatment-weight", "0.1")
+    refused = cli.invoke(app, ["ab", "ramp", "rank-v2", "treatment=lots", *sets])
+    assert refused.exit_code == 2 and "ARM=WEIGHT" in refused.output
+    refused = cli.invoke(app, ["ab", "ramp", "rank-v2", "treatment=1.5", *sets])
+    assert refused.exit_code == 2 and "sum to" in refused.output
+    assert "treatment 0.50" in run("ramp", "rank-v2", "treatment=0.5")
+
+    # traffic: before the ramp's timestamp at 90/10 (must not count against the 50/50 weights), then 50/50
+    store = ABStore(tmp_path / "ws" / "ab.sqlite")
+    start, _ = store.weight_period("rank-v2")
+    rng = np.random.default_rng(3)
+    rows, k = [], 0
+    for ts0, share, n in ((start - 3600, 0.1, 3000), (start + 1, 0.5, 8000)):
+        for j in range(n):
+            arm = "treatment" if rng.random() < share else "control"
+            rows.append(Exposure(f"x{k}", ts0 + j * 0.01, "rank-v2", str(k), arm, "m", 1, None, 1))
+            k += 1
+    store.log_exposures(rows)
+    clicked = [r.exposure_id for r in rows if rng.random() < (0.12 if r.arm == "treatment" else 0.08)]
+    store.log_clicks(clicked, start + 500)
+    store.close()
+
+    out = run("report", "rank-v2")
+    assert "treatment is better" in out and "MISMATCH" not in out
+    summary = json.loads((tmp_path / "runs" / "ab" / "rank-v2" / "summary.json").read_text())
+    assert summary["srm_ok"] and (tmp_path / "runs" / "ab" / "rank-v2" / "ab.png").stat().st_size > 10_000
+    everything = pd.DataFrame([{"arm": r.arm, "ts": r.ts, "click": 0} for r in rows])
+    assert not analyse(everything, {"control": 0.5, "treatment": 0.5}, "control").srm_ok  # pre-ramp traffic
+    assert "rank-v2" in run("status")
+    run("pause", "rank-v2")
+    assert "all traffic to control" in run("stop", "rank-v2", "--reason", "alert")
+    again = cli.invoke(app, ["ab", "ramp", "rank-v2", "treatment=0.2", *sets])
+    assert again.exit_code == 2 and "stopped" in again.output
