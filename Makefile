@@ -54,6 +54,10 @@ compile: setup ## compile every pipeline to KFP IR YAML under build/pipelines
 
 bench: setup ## benchmarks as ratios vs a same-session baseline (bench/results/)
 	$(BIN)/python bench/ctr_bench.py
+	$(BIN)/python bench/serving_bench.py
+
+loadtest: setup ## bounded load test of the router on loopback (after make run): c=16 and 32, 60 s each
+	$(BIN)/python bench/loadtest.py $(ARGS)
 
 lock: setup ## rewrite constraints.txt from the current environment
 	{ head -1 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.tmp && mv constraints.tmp constraints.txt
@@ -61,4 +65,4 @@ lock: setup ## rewrite constraints.txt from the current environment
 clean: ## remove local state: runs, MLflow store, KFP outputs, build folder
 	rm -rf .adflow runs build test-output
 
-.PHONY: help setup run test lint fmt compile bench lock clean
+.PHONY: help setup run test lint fmt compile bench loadtest lock clean

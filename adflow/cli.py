@@ -387,3 +387,115 @@ def ab_report(
     for r in a.arms:
         typer.echo(f"{r.arm:>10}: {r.exposures} exposures, CTR {r.ctr:.4f} [{r.ctr_lo:.4f}, {r.ctr_hi:.4f}]")
     typer.echo(f"SRM p={a.srm_p:.3g}; {a.verdict}\nreport: {page}")
+
+
+@ab_app.command("conclude")
+def ab_conclude(
+    name: str,
+    winner: Annotated[str, typer.Option(help="the arm that won")],
+    reason: Annotated[
+        str, typer.Option(help="why (recorded in the experiment and, with --promote, the registry)")
+    ],
+    promote: Annotated[bool, typer.Option(help="make the winner's model the registry champion")] = False,
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """End the experiment with a winner; with --promote, move the champion alias to the winner's model."""
+    from adflow import registry
+    from adflow.tracking import client
+
+    s = _settings("tiny", placement, set_).resolved()
+    store = _ab_store(placement, set_)
+    exp = _ab_call(lambda: store.get(name))
+    arm = next((a for a in exp.arms if a.name == winner), None)
+    if arm is None:
+        typer.secho(
+            f"error: {name} has no arm {winner!r} (arms: {[a.name for a in exp.arms]})", fg="red", err=True
+        )
+        raise typer.Exit(2)
+    model = s.registry.model_name
+    version: int | None = None
+    if promote:  # resolve before anything is written: a bad reference refuses the whole command
+        kind, _, value = arm.model.rpartition(":")
+        c = client(s.placement.tracking_uri())
+        version = (
+            int(value) if kind == "version" or value.isdigit() else registry.alias_version(c, model, value)
+        )
+        if version is None:
+            typer.secho(f"error: {arm.model} does not name a version of {model}", fg="red", err=True)
+            raise typer.Exit(2)
+    exp = _ab_call(lambda: store.conclude(name, winner, reason))
+    typer.echo(f"{exp.name}: concluded, winner {winner} ({arm.model})")
+    if promote and version is not None:
+        v = version
+        m = _registry_call(
+            lambda: registry.promote(s.placement.tracking_uri(), model, f"won A/B test {name}: {reason}", v)
+        )
+        typer.echo(f"{model}@{m.alias}: {m.from_version} -> {m.to_version}")
+
+
+def _latest_dataset(runs_dir: str) -> str | None:
+    import json
+
+    path = Path(runs_dir) / "latest" / "summary.json"
+    if not path.exists():
+        return None
+    for st in json.loads(path.read_text())["stages"]:
+        if st["name"] in ("synth", "ingest") and st["artifacts"].get("dataset"):
+            return str(st["artifacts"]["dataset"])
+    return None
+
+
+@app.command()
+def serve(
+    experiment: Annotated[str | None, typer.Option(help="the A/B experiment the router serves")] = None,
+    dataset: Annotated[Path | None, typer.Option(help="dataset folder (default: the latest run's)")] = None,
+    port: Annotated[int, typer.Option(help="router port on 127.0.0.1")] = 3000,
+    simulate_requests: Annotated[
+        int, typer.Option("--simulate", help="send this many simulated requests, report, and stop")
+    ] = 0,
+    preset: Preset = "tiny",
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Serve the router (with ranker and creative services) on loopback until Ctrl-C, or simulate and stop."""
+    import json
+    import time
+
+    from serving.core import ServeConfig
+    from serving.launch import ServeError
+    from serving.launch import serve as launch
+
+    s = _settings(preset, placement, set_).resolved()
+    data = str(dataset) if dataset else _latest_dataset(s.placement.runs_dir)
+    if not data or not Path(data).is_dir():
+        typer.secho("error: no dataset: give --dataset or run `make run` first", fg="red", err=True)
+        raise typer.Exit(2)
+    if experiment:
+        exp = _ab_call(lambda: _ab_store(placement, set_).get(experiment))
+        preload = sorted({a.model for a in exp.arms})
+    else:
+        preload = ["champion"]
+    cfg = ServeConfig(s.placement.model_dump_json(), data, s.registry.model_name, experiment=experiment,
+                      preload=preload)  # fmt: skip
+    work = s.placement.workspace_path() / "serve"
+    try:
+        with launch(cfg, work, port) as url:
+            typer.echo(f"router on {url} (experiment: {experiment or 'none, champion for everyone'}); "
+                       f"log {work / 'server.log'}")  # fmt: skip
+            if simulate_requests:
+                from serving.simulate import simulate
+
+                a = s.ab
+                res = simulate(url, data, simulate_requests, a.rate_per_s, a.duration_s, a.concurrency,
+                               a.candidates, a.slate_size, a.seed)  # fmt: skip
+                typer.echo(json.dumps(res.to_dict(), indent=2))
+                return
+            typer.echo("Ctrl-C stops it")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    except ServeError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from e

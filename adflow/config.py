@@ -152,6 +152,21 @@ class RegistryConfig(Strict):
     candidate_variant: Literal["din", "ciubm"] = "ciubm"
 
 
+class ABConfig(Strict):
+    """The deploy branch: serve champion and challenger on loopback, run a bounded simulated A/B test on them."""
+
+    enabled: bool = True
+    treatment_weight: float = Field(0.5, gt=0, le=0.5)  # the challenger's share; control (champion) the rest
+    requests: int = Field(600, ge=1)  # the simulator stops at the first of requests / duration
+    duration_s: float = Field(120.0, gt=0)
+    rate_per_s: float = Field(25.0, gt=0)
+    concurrency: int = Field(4, ge=1)
+    candidates: int = Field(100, ge=1)  # items per ranking request
+    slate_size: int = Field(10, ge=1, le=100)  # items shown (exposures) per request
+    alpha: float = Field(0.05, gt=0, lt=1)
+    seed: int = 0
+
+
 # ---------------------------------------------------------------- where it runs
 
 
@@ -194,6 +209,7 @@ class Settings(Strict):
     ctr_train: CTRTrainConfig = CTRTrainConfig()
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
+    ab: ABConfig = ABConfig()
     placement: Placement = Placement()
 
     def to_json(self) -> str:

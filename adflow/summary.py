@@ -36,6 +36,7 @@ HEADLINE = {
         "champion_gauc",
     ),
     "register": ("version", "champion_version"),
+    "abtest": ("champion_ctr", "challenger_ctr", "lift", "p_value", "srm_p", "http_5xx", "aa_test"),
 }
 
 

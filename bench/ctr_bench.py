@@ -26,9 +26,9 @@ import torch
 from adflow import features as F
 from adflow.config import load_settings
 from adflow.data.world import generate
-from adflow.models.ctr import CTRModel, to_tensors
+from adflow.models.ctr import CTRModel
 from components.features.build.core import build
-from components.training.ctr.core import prepare, train
+from components.training.ctr.core import plain_epoch, prepare, train
 
 OUT = Path(__file__).parent / "results"
 
@@ -44,17 +44,10 @@ def plain_epochs(settings, data_dir: Path, epochs: int) -> list[float]:  # type:
     torch.manual_seed(0)
     model = CTRModel(settings.ctr_model, "ciubm", enc.sizes(), enc.content)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.ctr_train.lr)
-    n, bs, times = len(train_arr["label"]), settings.ctr_train.batch_size, []
+    times = []
     for epoch in range(epochs):
         t = time.perf_counter()
-        model.train()
-        perm = np.random.default_rng(epoch).permutation(n)
-        for i in range(0, n, bs):
-            b = to_tensors(train_arr, perm[i : i + bs])
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b["label"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        plain_epoch(model, opt, train_arr, settings.ctr_train.batch_size, epoch)
         times.append(time.perf_counter() - t)
     return times
 

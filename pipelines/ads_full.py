@@ -5,7 +5,8 @@
     make compile                                     # build/pipelines/ads_full.yaml
 
 Stages so far: synthesise the world (or ingest/import a data set) -> validate every table -> Feast features
--> CiUBM + DIN on Ray Train -> offline gate vs the champion -> (only if it passes) MLflow registry.
+-> CiUBM + DIN on Ray Train -> offline gate vs the champion -> (only if it passes) MLflow registry
+-> serve champion and challenger, simulated A/B test through the router.
 (No `from __future__ import annotations` here: KFP reads the pipeline's annotations at definition time.)
 """
 
@@ -15,6 +16,7 @@ from kfp import dsl
 
 from components.data.ingest.component import ingest
 from components.data.synth.component import synth
+from components.deploy.abtest.component import abtest
 from components.evaluation.gate.component import gate
 from components.features.build.component import features
 from components.registry.register.component import register
@@ -37,6 +39,7 @@ STAGES = (
     Stage("train_ctr", None, "CiUBM and DIN on Ray Train"),
     Stage("gate", None, "candidate vs champion on the same held-out split"),
     Stage("register", "deploy", "MLflow version + challenger alias (only if the gate passed)"),
+    Stage("abtest", "deploy", "serve champion + challenger, bounded simulated A/B test, report"),
 )
 USES_RAY = True  # the runner starts one local Ray head for the run when no placement.ray_address is set
 
@@ -76,10 +79,17 @@ def ads_full(
         model=trained.outputs["model"],
     )
     with dsl.If(judged.outputs["Output"] == True, name="deploy"):  # noqa: E712 - KFP builds the condition from it
-        register(
+        registered = register(
             settings_json=settings_json,
             tracking_uri=tracking_uri,
             parent_run_id=parent_run_id,
             model=trained.outputs["model"],
             report=judged.outputs["report"],
         )
+        abtest(
+            settings_json=settings_json,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent_run_id,
+            dataset=dataset,
+            challenger_version=registered.output,
+        ).set_display_name("abtest")

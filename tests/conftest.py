@@ -21,6 +21,7 @@ SMALL = [
     "world.n_pairs=200",
     "world.image_size=32",
     "ctr_train.epochs=8",
+    "ab.enabled=false",  # the deploy branch's A/B test: on in test_synth_run_end_to_end and test_serving only
 ]
 
 

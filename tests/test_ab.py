@@ -93,6 +93,12 @@ def test_store_lifecycle_is_durable_and_sticky(tmp_path: Path) -> None:
     assert all(e["who"] and e["at"] for e in store.events("rank-v2"))
     with pytest.raises(ABError, match="already exists"):
         store.create("rank-v2", _arms(0.1))
+    # concluded: the winner serves everyone
+    store.create("rank-v3", _arms(0.2))
+    won = store.conclude("rank-v3", "treatment", reason="won")
+    assert won.winner == "treatment" and {won.arm_for(u).name for u in range(1, 500)} == {"treatment"}
+    live = store.create("rank-v4", _arms(0.2))
+    assert {live.arm_for(u).name for u in range(1, 2001)} == {"control", "treatment"}
 
 
 def _stream(rng: np.random.Generator, ctr: dict[str, float], n: dict[str, int]) -> pd.DataFrame:
@@ -145,6 +151,14 @@ def test_broken_split_fails_srm() -> None:
     a = analyse(ex, {"control": 0.5, "treatment": 0.5}, "control")  # configured 50/50, sent 60/40
     assert not a.srm_ok and a.srm_p < 1e-6 and "sample ratio mismatch" in a.verdict
     assert srm_pvalue([5000, 5000], [0.5, 0.5]) == pytest.approx(1.0)
+    # with user ids SRM counts users (the randomised unit): 1000 users sent 60/40, ten exposures each
+    users = np.repeat(np.arange(1000), 10)
+    arm = np.where(rng.random(1000) < 0.6, "control", "treatment")[users]
+    by_user = pd.DataFrame({"arm": arm, "user_id": users, "click": 0, "ts": rng.random(len(users))})
+    a = analyse(by_user, {"control": 0.5, "treatment": 0.5}, "control")
+    assert not a.srm_ok and a.srm_p < 1e-4
+    healthy = by_user.assign(arm=np.where(rng.random(1000) < 0.5, "control", "treatment")[users])
+    assert analyse(healthy, {"control": 0.5, "treatment": 0.5}, "control").srm_ok
     with pytest.raises(ValueError, match="does not have"):
         analyse(ex.assign(arm="ghost"), {"control": 0.5, "treatment": 0.5}, "control")
 
@@ -203,3 +217,56 @@ def test_ab_cli(tmp_path: Path) -> None:
     assert "all traffic to control" in run("stop", "rank-v2", "--reason", "alert")
     again = cli.invoke(app, ["ab", "ramp", "rank-v2", "treatment=0.2", *sets])
     assert again.exit_code == 2 and "stopped" in again.output
+
+    # conclude + promote: the winner's model becomes champion, recorded in the registry's history
+    import torch
+
+    from adflow import registry
+    from adflow.tracking import client, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}"
+    c = client(uri)
+    exp_id = ensure_experiment(c, "t", (tmp_path / "art").as_uri())
+    torch.save(torch.nn.Linear(2, 1), tmp_path / "m.pt")
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        v = registry.register(
+            uri, c.create_run(exp_id).info.run_id, str(tmp_path / "m.pt"), "ctr-ciubm", {}, []
+        )
+        registry.move_alias(c, "ctr-ciubm", alias, v, "setup", "register")
+    run("create", "rank-v5", "--treatment-weight", "0.5")
+    bad = cli.invoke(
+        app, ["ab", "conclude", "rank-v5", "--winner", "nobody", "--reason", "x", "--promote", *sets]
+    )
+    assert bad.exit_code == 2 and "no arm" in bad.output
+    assert registry.alias_version(c, "ctr-ciubm", registry.CHAMPION) == 1  # a refusal moves nothing
+    out = run("conclude", "rank-v5", "--winner", "treatment", "--reason", "lift +12%", "--promote")
+    assert "concluded" in out and "1 -> 2" in out
+    assert registry.alias_version(c, "ctr-ciubm", registry.CHAMPION) == 2
+    last = registry.history(c, "ctr-ciubm")[-1]
+    assert last.action == "promote" and "won A/B test rank-v5" in last.reason
+
+
+def test_per_user_variance_keeps_an_aa_test_honest() -> None:
+    """Users, not exposures, are randomised. When users differ (their own CTRs) and each sees many exposures,
+    a Bernoulli interval is far too narrow; the per-user (cluster) interval keeps ~5% false positives."""
+    rng = np.random.default_rng(3)
+    clustered, bernoulli = 0, 0
+    for _ in range(100):
+        frames = []
+        for k, arm in enumerate(("control", "treatment")):
+            n_u = rng.integers(10, 60, 150)
+            users = np.repeat(np.arange(150) + 10_000 * k, n_u)
+            clicks = rng.random(len(users)) < np.repeat(rng.beta(0.5, 5.0, 150), n_u)
+            frames.append(
+                pd.DataFrame(
+                    {"arm": arm, "user_id": users, "click": clicks.astype(int), "ts": rng.random(len(users))}
+                )
+            )
+        ex = pd.concat(frames, ignore_index=True)
+        weights = {"control": 0.5, "treatment": 0.5}
+        t = analyse(ex, weights, "control", checkpoints=2).arms[1]
+        clustered += not (t.lift_lo < 0 < t.lift_hi)
+        t = analyse(ex.drop(columns="user_id"), weights, "control", checkpoints=2).arms[1]
+        bernoulli += not (t.lift_lo < 0 < t.lift_hi)
+    assert clustered <= 10
+    assert bernoulli > 25

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from adflow.registry import CHALLENGER, CHAMPION, alias_version, history
@@ -28,7 +29,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_synth_run_end_to_end(tmp_path: Path) -> None:
-    s = small_settings(tmp_path)
+    s = small_settings(tmp_path, "ab.enabled=true", "ab.requests=150", "ab.rate_per_s=50")
     summary = run_pipeline(s, show=False)
     assert summary.status == "succeeded", summary.error
     stages = {st.name: st for st in summary.stages}
@@ -40,6 +41,7 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
         "train_ctr",
         "gate",
         "register",
+        "abtest",
     ]
     assert stages["synth"].status == "succeeded" and stages["ingest"].status == "skipped"
     assert stages["synth"].metrics["oracle_auc"] > 0.7
@@ -64,6 +66,14 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     uri = s.resolved().placement.tracking_uri()
     name = s.registry.model_name
     assert (alias_version(c, name, CHAMPION), alias_version(c, name, CHALLENGER)) == (1, 1)
+    # the deploy branch served champion and challenger (the same version: an A/A test) through the router
+    ab = stages["abtest"]
+    assert ab.status == "succeeded" and ab.note.startswith("A/A") and ab.metrics["aa_test"] == 1
+    assert ab.metrics["http_5xx"] == 0 and ab.metrics["requests"] == 150
+    assert ab.metrics["srm_p"] > 0.001 and ab.metrics["p_value"] > 0.05  # A/A: no difference, split healthy
+    assert 0 < ab.metrics["champion_ctr"] < 0.5 and 0 < ab.metrics["challenger_ctr"] < 0.5
+    assert Path(ab.artifacts["report"]).is_file()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "bentoml" in " ".join(p.info["cmdline"] or [])]
 
     # the same world again: a decision with a reason, and the champion stays
     again = {st.name: st for st in run_pipeline(s, show=False).stages}
@@ -78,7 +88,7 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert bad.status == "succeeded"  # a rejection is a decision, not a failure
     assert st["gate"].metrics["passed"] == 0 and st["gate"].note.startswith("REJECTED")
     assert st["gate"].metrics["ciubm_gauc"] < st["gate"].metrics["champion_gauc"]
-    assert st["register"].status == "skipped"
+    assert st["register"].status == "skipped" and st["abtest"].status == "skipped"
     assert alias_version(c, name, CHAMPION) == 1 and alias_version(c, name, CHALLENGER) == challenger_before
     assert [m.action for m in history(client(uri), name)] == ["register"] * len(history(client(uri), name))
 

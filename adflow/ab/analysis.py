@@ -2,15 +2,20 @@
 
 - CTR per arm with a Wilson 95% interval (sound at low click rates, unlike the normal interval).
 - Relative lift of each treatment over control, with a delta-method interval on log(CTR_t / CTR_c).
-- Sample-ratio mismatch: chi-square of exposures per arm against the configured weights. A small p-value means
-  the split is broken (assignment, logging or a bot), and no lift from it can be trusted.
+- Sample-ratio mismatch: chi-square of assigned units (distinct users, the unit the hash splits) per arm against
+  the configured weights. A small p-value means the split is broken (assignment, logging or a bot), and no lift
+  from it can be trusted. Counting exposures instead would be wrong: one request shows a whole slate, and one
+  user makes many requests, so exposure counts are far noisier than a multinomial and SRM would fire on a
+  healthy split.
 - mSPRT (Johari, Pekelis & Walsh, "Always valid inference", 2017): a normal mixture likelihood ratio on the CTR
   difference, whose running p-value may be read at any time, as often as one likes, without inflating false
   positives (a fixed-horizon z-test read every minute would). Evaluated at `checkpoints` points along the
   exposure stream in time order; the running minimum is the always-valid p-value.
 
-Exposures are treated as independent Bernoulli trials. A user sees many impressions, so this understates the
-variance a little; a per-user (cluster) variance is the next refinement at full scale.
+Users, not exposures, are randomised: a user's exposures are correlated (same taste, same slate), so every
+variance here is the per-user cluster (delta-method) variance of the ratio sum(clicks) / sum(exposures), not
+the Bernoulli one, which would understate it and make an A/A test "significant". Without a user_id column the
+exposures are treated as independent.
 """
 
 from __future__ import annotations
@@ -35,13 +40,44 @@ def wilson(clicks: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (centre - half, centre + half)
 
 
-def lift_interval(c_t: int, n_t: int, c_c: int, n_c: int, z: float = Z95) -> tuple[float, float, float]:
-    """Relative lift CTR_t / CTR_c - 1 with a delta-method interval on the log ratio."""
+def ratio_var(clicks: np.ndarray, units: np.ndarray | None) -> float:
+    """Variance of CTR = sum(clicks) / n, clustered by `units` (delta method); Bernoulli when units is None."""
+    n = len(clicks)
+    if n == 0:
+        return math.nan
+    r = float(clicks.mean())
+    iid = max(r * (1 - r), 1e-12) / n
+    if units is None:
+        return iid
+    df = pd.DataFrame({"u": units, "y": clicks})
+    g = df.groupby("u", sort=False)["y"].agg(["sum", "count"])
+    k = len(g)
+    if k < 2:
+        return iid
+    resid = g["sum"].to_numpy(float) - r * g["count"].to_numpy(float)
+    return max(float((resid**2).sum()) / n**2 * k / (k - 1), iid * 0.5)
+
+
+def lift_interval(
+    c_t: int,
+    n_t: int,
+    c_c: int,
+    n_c: int,
+    z: float = Z95,
+    var_t: float | None = None,
+    var_c: float | None = None,
+) -> tuple[float, float, float]:
+    """Relative lift CTR_t / CTR_c - 1 with a delta-method interval on the log ratio.
+
+    `var_t`, `var_c`: variances of the two CTRs (clustered, see ratio_var); default Bernoulli.
+    """
     if min(c_t, c_c, n_t, n_c) == 0:
         return (math.nan, math.nan, math.nan)
     p_t, p_c = c_t / n_t, c_c / n_c
     log_ratio = math.log(p_t / p_c)
-    se = math.sqrt((1 - p_t) / c_t + (1 - p_c) / c_c)
+    v_t = p_t * (1 - p_t) / n_t if var_t is None else var_t
+    v_c = p_c * (1 - p_c) / n_c if var_c is None else var_c
+    se = math.sqrt(v_t / p_t**2 + v_c / p_c**2)
     return (p_t / p_c - 1, math.exp(log_ratio - z * se) - 1, math.exp(log_ratio + z * se) - 1)
 
 
@@ -56,12 +92,22 @@ def srm_pvalue(counts: list[int], weights: list[float]) -> float:
     return float(stats.chisquare([c for c, _ in pairs], expected).pvalue)
 
 
-def msprt_pvalues(y_c: np.ndarray, y_t: np.ndarray, tau: float, checkpoints: int = 50) -> np.ndarray:
+def msprt_pvalues(
+    y_c: np.ndarray,
+    y_t: np.ndarray,
+    tau: float,
+    checkpoints: int = 50,
+    u_c: np.ndarray | None = None,
+    u_t: np.ndarray | None = None,
+    min_units: int = 30,
+) -> np.ndarray:
     """Always-valid p-values of H0: CTR_t == CTR_c at `checkpoints` prefixes of two time-ordered 0/1 streams.
 
-    At each prefix: theta = mean_t - mean_c, v = var_t / n_t + var_c / n_c, and the mixture likelihood ratio of
-    theta ~ N(0, tau^2) against theta = 0 is  sqrt(v / (v + tau^2)) * exp(theta^2 tau^2 / (2 v (v + tau^2))).
-    The p-value is the running minimum of 1 / LR, capped at 1.
+    At each prefix: theta = mean_t - mean_c, v = Var(mean_t) + Var(mean_c) (clustered by the unit ids u_* when
+    given, else Bernoulli at the pooled rate), and the mixture likelihood ratio of theta ~ N(0, tau^2) against
+    theta = 0 is  sqrt(v / (v + tau^2)) * exp(theta^2 tau^2 / (2 v (v + tau^2))). The p-value is the running
+    minimum of 1 / LR, capped at 1. With unit ids, a prefix with fewer than `min_units` units in either arm is
+    not evaluated (p stays where it was): a cluster variance from a handful of users is too noisy to plug in.
     """
     y_c, y_t = np.asarray(y_c, float), np.asarray(y_t, float)
     if len(y_c) == 0 or len(y_t) == 0:
@@ -72,9 +118,15 @@ def msprt_pvalues(y_c: np.ndarray, y_t: np.ndarray, tau: float, checkpoints: int
     for f in fractions:
         n_c, n_t = max(1, round(f * len(y_c))), max(1, round(f * len(y_t)))
         m_c, m_t = cum_c[n_c - 1] / n_c, cum_t[n_t - 1] / n_t
-        pooled = (cum_c[n_c - 1] + cum_t[n_t - 1]) / (n_c + n_t)
-        var = max(pooled * (1 - pooled), 1e-12)  # under H0 both arms share one click rate
-        v = var / n_c + var / n_t
+        if u_c is not None and u_t is not None:
+            if min(len(set(u_c[:n_c])), len(set(u_t[:n_t]))) < min_units:
+                out.append(running)
+                continue
+            v = ratio_var(y_c[:n_c], u_c[:n_c]) + ratio_var(y_t[:n_t], u_t[:n_t])
+        else:
+            pooled = (cum_c[n_c - 1] + cum_t[n_t - 1]) / (n_c + n_t)
+            var = max(pooled * (1 - pooled), 1e-12)  # under H0 both arms share one click rate
+            v = var / n_c + var / n_t
         theta = m_t - m_c
         log_lr = 0.5 * math.log(v / (v + tau * tau)) + theta * theta * tau * tau / (2 * v * (v + tau * tau))
         running = min(running, math.exp(-log_lr) if log_lr > -700 else 1.0)
@@ -138,19 +190,25 @@ def analyse(
     if unknown:
         raise ValueError(f"exposures name arms {sorted(unknown)} that the experiment does not have")
     ex = exposures.sort_values("ts", kind="stable")
+    clustered = "user_id" in ex.columns
     by_arm = {a: ex.loc[ex["arm"] == a, "click"].to_numpy(dtype=float) for a in weights}
+    units = {a: (ex.loc[ex["arm"] == a, "user_id"].to_numpy() if clustered else None) for a in weights}
     c_y = by_arm[control]
     c_n, c_k = len(c_y), int(c_y.sum())
+    c_var = ratio_var(c_y, units[control])
     tau = tau_rel * (c_k / c_n if c_n else 0.05) or 1e-3
     results, p_path = [], {}
     for arm, w in weights.items():
         y = by_arm[arm]
         n, k = len(y), int(y.sum())
-        lo, hi = wilson(k, n)
+        var = ratio_var(y, units[arm])
+        # Wilson at the effective sample size: n shrunk by the design effect of per-user clustering
+        deff = var / max((k / n) * (1 - k / n) / n, 1e-12) if n and 0 < k < n else 1.0
+        lo, hi = wilson(round(k / max(deff, 1.0)), max(1, round(n / max(deff, 1.0)))) if n else wilson(0, 0)
         r = ArmResult(arm, w, n, k, k / n if n else math.nan, lo, hi)
         if arm != control:
-            r.lift, r.lift_lo, r.lift_hi = lift_interval(k, n, c_k, c_n)
-            path = msprt_pvalues(c_y, y, tau, checkpoints)
+            r.lift, r.lift_lo, r.lift_hi = lift_interval(k, n, c_k, c_n, var_t=var, var_c=c_var)
+            path = msprt_pvalues(c_y, y, tau, checkpoints, units[control], units[arm])
             p_path[arm] = path.tolist()
             r.p_value = float(path[-1]) if len(path) else math.nan
         results.append(r)
@@ -158,6 +216,8 @@ def analyse(
     if srm_window is not None:
         w_lo, w_hi = srm_window
         window = ex[(ex["ts"] >= w_lo) & ((ex["ts"] < w_hi) if w_hi is not None else True)]
+    if clustered:  # count the randomised units: each user once, in the arm it was assigned
+        window = window.drop_duplicates(["user_id", "arm"])
     srm_p = srm_pvalue([int((window["arm"] == r.arm).sum()) for r in results], [r.weight for r in results])
     srm_ok = not (srm_p < srm_alpha)
     if not srm_ok:

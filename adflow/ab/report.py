@@ -18,7 +18,10 @@ import pandas as pd
 from adflow.ab.analysis import Z95, Analysis
 
 
-def write_report(a: Analysis, exposures: pd.DataFrame, out_dir: str | Path) -> Path:
+def write_report(
+    a: Analysis, exposures: pd.DataFrame, out_dir: str | Path, context: dict[str, str] | None = None
+) -> Path:
+    """`context`: extra lines for people (what was tested, traffic, the simulator's true CTR per arm)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,11 +79,12 @@ def write_report(a: Analysis, exposures: pd.DataFrame, out_dir: str | Path) -> P
         + "</tr>"
         for r in a.arms
     )
+    extra = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in (context or {}).items())
     colour = "#cf222e" if not a.srm_ok else "#1a7f37" if "better" in a.verdict else "#444"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>A/B {html.escape(a.experiment)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}td,th{{padding:.3em .8em;border-bottom:1px solid #ddd}}
 h2{{color:{colour}}}</style></head><body><h1>A/B test {html.escape(a.experiment)}</h1>
-<h2>{html.escape(a.verdict)}</h2>
+<h2>{html.escape(a.verdict)}</h2>{extra}
 <p>Sample-ratio check: p = {a.srm_p:.3g} ({"ok" if a.srm_ok else "MISMATCH"}). P-values are always valid
 (mSPRT): they may be read at any time during the test.</p>
 <table><tr><th>arm</th><th>weight</th><th>exposures</th><th>clicks</th><th>CTR [95%]</th><th>lift [95%]</th>

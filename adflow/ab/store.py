@@ -12,9 +12,7 @@ or conclude (a winner is recorded). Every change is an event row: who, when, wha
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterable
@@ -23,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from adflow.ab.assign import Arm, Layout
+from adflow.ab.assign import Arm, Layout, bucket
+from adflow.registry import who
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -70,6 +69,14 @@ class Experiment:
     def layout(self) -> Layout:
         return Layout.of(self.serving_arms())
 
+    def arm_for(self, user_id: int | str) -> Arm:
+        """The arm this user is served now: by bucket while running; control when paused or stopped; the
+        winner for everyone once concluded (until the next deployment makes it the default)."""
+        if self.status == "concluded" and self.winner:
+            return next(a for a in self.arms if a.name == self.winner)
+        name = self.layout().arm_of(bucket(self.salt, user_id))
+        return next(a for a in self.arms if a.name == name)
+
 
 @dataclass
 class Exposure:
@@ -86,10 +93,6 @@ class Exposure:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-
-
-def _who() -> str:
-    return os.environ.get("ADFLOW_USER") or getpass.getuser()
 
 
 class ABStore:
@@ -239,6 +242,11 @@ class ABStore:
             self.db.executemany("INSERT INTO clicks VALUES (?, ?)", [(i, ts) for i in ids])
         return len(ids)
 
+    def exposure(self, exposure_id: str) -> dict[str, object] | None:
+        cur = self.db.execute("SELECT * FROM exposures WHERE exposure_id = ?", (exposure_id,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
     def exposures(self, name: str) -> pd.DataFrame:
         """One row per exposure with click = 1 if it was clicked (at least once)."""
         return pd.read_sql_query(
@@ -269,7 +277,7 @@ class ABStore:
     def _event(self, name: str, action: str, detail: dict[str, object]) -> None:
         self.db.execute(
             "INSERT INTO events (experiment, at, who, action, detail) VALUES (?,?,?,?,?)",
-            (name, _now(), _who(), action, json.dumps(detail, sort_keys=True)),
+            (name, _now(), who(), action, json.dumps(detail, sort_keys=True)),
         )
 
 

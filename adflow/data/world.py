@@ -126,6 +126,21 @@ def pair_verdict(a: dict[str, object], b: dict[str, object], segment: str) -> tu
     return label, deciding, abs(diff)
 
 
+def content_score(
+    p_cat: np.ndarray, p_colour: np.ndarray, p_style: np.ndarray, n_categories: int
+) -> np.ndarray:
+    """content(u, i) from the user's taste for the item's category, colour and style (probabilities).
+
+    Log-ratios to a uniform taste, clipped: strong dislikes do not dominate the logit. Colour and style weigh
+    nearly as much as category: within a category, what a user clicks is decided by what the item looks like,
+    which is what a content model reads and an ID model cannot for new items.
+    """
+    c = np.clip(np.log(n_categories * p_cat + 1e-9), -3.0, 2.0)
+    c = c + COLOUR_W * np.clip(np.log(len(COLOURS) * p_colour + 1e-9), -2.0, 1.5)
+    c = c + STYLE_W * np.clip(np.log(len(STYLES) * p_style + 1e-9), -2.0, 1.5)
+    return np.asarray(c * 0.6)
+
+
 def _degree(x: float) -> str:
     x = abs(x)
     return "much" if x > 0.45 else "clearly" if x > 0.2 else "slightly"
@@ -305,13 +320,7 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
     users = pd.DataFrame({"user_id": user_ids, "segment": np.array(SEGMENTS)[seg_idx]})
 
     def content(u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        # Log-ratios to a uniform taste, clipped: strong dislikes do not dominate the logit. Colour and
-        # style weigh nearly as much as category: within a category, what a user clicks is decided by
-        # what the item looks like, which is what a content model reads and an ID model cannot for new items.
-        c = np.clip(np.log(K * cat_pref[u, cat[i]] + 1e-9), -3.0, 2.0)
-        c = c + COLOUR_W * np.clip(np.log(len(COLOURS) * colour_pref[u, colour[i]] + 1e-9), -2.0, 1.5)
-        c = c + STYLE_W * np.clip(np.log(len(STYLES) * style_pref[u, style[i]] + 1e-9), -2.0, 1.5)
-        return np.asarray(c * 0.6)
+        return content_score(cat_pref[u, cat[i]], colour_pref[u, colour[i]], style_pref[u, style[i]], K)
 
     by_cat = [np.nonzero(cat == k)[0] for k in range(K)]
     cdf_by_cat = [np.cumsum(np.exp(0.5 * popularity[ix])) for ix in by_cat]

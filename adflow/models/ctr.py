@@ -251,8 +251,14 @@ class CTRPredictor(nn.Module):
     def predict(self, frame: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
         self.model.eval()
         arrays = self.encoder.transform(frame)
+        device = next(self.model.parameters()).device  # a server on a GPU node moves the model to cuda
         out = [
-            torch.sigmoid(self.model(to_tensors(arrays, slice(i, i + batch_size)))).numpy()
+            torch.sigmoid(
+                self.model({k: v.to(device) for k, v in to_tensors(arrays, slice(i, i + batch_size)).items()})
+            )
+            .float()
+            .cpu()
+            .numpy()
             for i in range(0, len(frame), batch_size)
         ]
         return np.concatenate(out) if out else np.zeros(0)

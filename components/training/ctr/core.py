@@ -330,3 +330,53 @@ def run(
         sr.artifact("models", model_dir)
         sr.artifact("curves", Path(model_dir) / "curves.png")
     return result
+
+
+def fit_in_process(
+    settings: Settings,
+    features_dir: str | Path,
+    variant: str = "ciubm",
+    epochs: int = 5,
+    flip_labels: bool = False,
+) -> Any:
+    """The same model trained in one process without Ray (for serving tests and benchmarks, where a quick
+    registered model is needed, not the distributed path). `flip_labels` trains it on 1 - click: a model that
+    ranks what users want least first, truly worse in the world's ground truth (an A/B test's known loser)."""
+    import torch
+
+    from adflow.models.ctr import CTRModel, CTRPredictor, FeatureEncoder
+
+    src = Path(features_dir)
+    torch.manual_seed(settings.ctr_train.seed)
+    train = pd.read_parquet(src / "train.parquet")
+    catalog = pd.read_parquet(src / "tables" / "item_content.parquet").rename(
+        columns={"text_embedding": "embedding"}
+    )
+    enc = FeatureEncoder.fit(train, catalog, settings.features.seq_len)
+    model = CTRModel(settings.ctr_model, variant, enc.sizes(), enc.content if variant == "ciubm" else None)
+    arrays = enc.transform(train)
+    if flip_labels:
+        arrays["label"] = 1.0 - arrays["label"]
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=settings.ctr_train.lr, weight_decay=settings.ctr_train.weight_decay
+    )
+    for epoch in range(epochs):
+        plain_epoch(model, opt, arrays, settings.ctr_train.batch_size, settings.ctr_train.seed + epoch)
+    return CTRPredictor(enc, model.eval())
+
+
+def plain_epoch(model: Any, opt: Any, arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> None:
+    """One epoch of minibatch BCE in this process (no Ray, no DDP)."""
+    import torch
+
+    from adflow.models.ctr import to_tensors
+
+    model.train()
+    n = len(arrays["label"])
+    perm = np.random.default_rng(seed).permutation(n)
+    for i in range(0, n, batch_size):
+        b = to_tensors(arrays, perm[i : i + batch_size])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b["label"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
