@@ -54,6 +54,7 @@ class ServeConfig:
     default_model: str = "champion"
     preload: list[str] = field(default_factory=lambda: ["champion"])  # model refs loaded at start-up
     torch_threads: int = 1
+    device: str = "auto"  # auto: cuda when the node has a GPU (the ranker's declared resource), else cpu
 
     def placement(self) -> Placement:
         return Placement.model_validate_json(self.placement_json)
@@ -108,8 +109,13 @@ class ModelPool:
     """Registered models loaded once per version; aliases re-resolved every `alias_ttl_s` so a promotion
     reaches a running server without a restart."""
 
-    def __init__(self, tracking_uri: str, name: str, alias_ttl_s: float = 10.0) -> None:
+    def __init__(self, tracking_uri: str, name: str, alias_ttl_s: float = 10.0, device: str = "auto") -> None:
         self.tracking_uri, self.name, self.alias_ttl_s = tracking_uri, name, alias_ttl_s
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
         self._models: dict[int, Any] = {}
         self._aliases: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
@@ -141,7 +147,7 @@ class ModelPool:
                     model = registry.load(self.tracking_uri, self.name, str(v))
                 except MlflowException as e:
                     raise BadRequest(f"model {self.name} version {v} cannot be loaded: {e}") from e
-                model.model.eval()
+                model.model.to(self.device).eval()  # CTRPredictor.predict follows the model's device
                 self._models[v] = model
         return v, self._models[v]
 
@@ -194,13 +200,18 @@ class Ranker:
     """
 
     def __init__(
-        self, placement: Placement, dataset: str | Path, model_name: str, feast_dir: str | None = None
+        self,
+        placement: Placement,
+        dataset: str | Path,
+        model_name: str,
+        feast_dir: str | None = None,
+        device: str = "auto",
     ) -> None:
         from adflow import features
 
         self.fs = features.store(placement, feast_dir)
         self.catalogue = Catalogue.load(dataset)
-        self.pool = ModelPool(placement.tracking_uri(), model_name)
+        self.pool = ModelPool(placement.tracking_uri(), model_name, device=device)
 
     def online(
         self, user_ids: list[int], item_ids: list[int]

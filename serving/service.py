@@ -35,6 +35,9 @@ class RankIn(BaseModel):
     item_ids: ItemIds
     model: str = "champion"
     at: float | None = None
+    top: int | None = Field(
+        None, ge=1
+    )  # return only the best `top` (the router needs its slate, not all 100)
 
     @field_validator("item_ids")
     @classmethod
@@ -77,7 +80,7 @@ class Ranker:
 
         cfg = _cfg()
         torch.set_num_threads(cfg.torch_threads)
-        self.core = Core(cfg.placement(), cfg.dataset, cfg.model_name, cfg.feast_dir)
+        self.core = Core(cfg.placement(), cfg.dataset, cfg.model_name, cfg.feast_dir, cfg.device)
         for ref in cfg.preload:
             self.core.pool.get(self.core_ref(ref))  # load the arms' models before the first request
 
@@ -95,10 +98,8 @@ class Ranker:
         """Score each request's candidates with its model; best creative per item, best item first."""
         good, out = [], [RankOut() for _ in requests]
         for k, r in enumerate(requests):
-            try:
-                self.core.pool.get(
-                    self.core_ref(r.model)
-                )  # an unknown alias or version fails only this request
+            try:  # an unknown alias or version fails only this request, not its whole batch
+                self.core.pool.get(self.core_ref(r.model))
                 good.append(k)
             except BadRequest as e:
                 out[k] = RankOut(error=str(e))
@@ -108,7 +109,7 @@ class Ranker:
             for k, res in zip(good, self.core.rank(reqs), strict=True):
                 out[k] = RankOut(
                     model_version=res.model_version,
-                    ranked=[ScoredOut(**vars(s)) for s in res.ranked],
+                    ranked=[ScoredOut(**vars(s)) for s in res.ranked[: requests[k].top]],
                     unranked=res.unranked,
                 )
         return out
@@ -126,7 +127,7 @@ class Creative:
 
         cfg = _cfg()
         torch.set_num_threads(cfg.torch_threads)
-        self.core = Core(cfg.placement(), cfg.dataset, cfg.model_name, cfg.feast_dir)
+        self.core = Core(cfg.placement(), cfg.dataset, cfg.model_name, cfg.feast_dir, cfg.device)
 
     @bentoml.api
     def select(self, user_id: int, item_id: int, model: str = "champion", at: float | None = None) -> dict:
@@ -187,14 +188,14 @@ class Router:
 
         if len(set(item_ids)) != len(item_ids):
             raise bentoml.exceptions.InvalidArgument("item_ids has duplicates")
-        exp = await self._db(self.store.get, self.cfg.experiment, True) if self.cfg.experiment else None
+        exp = await self._db(self.store.find, self.cfg.experiment) if self.cfg.experiment else None
         if exp is not None:
             chosen = exp.arm_for(user_id)
             arm, model = chosen.name, chosen.model
         else:
             arm, model = "", self.cfg.default_model
         out = (await self.ranker.to_async.rank([{"user_id": user_id, "item_ids": item_ids, "model": model,
-                                                 "at": at}]))[0]  # fmt: skip
+                                                 "at": at, "top": k}]))[0]  # fmt: skip
         out = out if isinstance(out, dict) else out.model_dump()
         if out.get("error"):
             raise bentoml.exceptions.InvalidArgument(out["error"])
@@ -244,7 +245,7 @@ class Router:
     @bentoml.api
     async def status(self) -> dict:
         """The experiment the router serves and its arms (what a person checks after a ramp or a stop)."""
-        exp = await self._db(self.store.get, self.cfg.experiment, True) if self.cfg.experiment else None
+        exp = await self._db(self.store.find, self.cfg.experiment) if self.cfg.experiment else None
         if exp is None:
             return {"experiment": None, "default_model": self.cfg.default_model}
         return {"experiment": exp.name, "status": exp.status, "arms": [vars(a) for a in exp.serving_arms()]}

@@ -65,7 +65,7 @@ def test_store_lifecycle_is_durable_and_sticky(tmp_path: Path) -> None:
 
     store = ABStore(db)  # a restart: the same salt, weights and log come back
     exp2 = store.get("rank-v2")
-    assert exp2 is not None and exp2.salt == exp.salt
+    assert exp2.salt == exp.salt
     assert {u: exp2.layout().arm_of(bucket(exp2.salt, u)) for u in range(1, 2001)} == before
     log = store.exposures("rank-v2")
     assert len(log) == 100 and set(log.loc[log["click"] == 1, "exposure_id"]) == {"e3", "e5"}
@@ -79,12 +79,12 @@ def test_store_lifecycle_is_durable_and_sticky(tmp_path: Path) -> None:
 
     store.pause("rank-v2")  # paused: everyone sees control, weights kept
     paused = store.get("rank-v2")
-    assert paused is not None and {paused.layout().arm_of(b) for b in range(BUCKETS)} == {"control"}
+    assert {paused.layout().arm_of(b) for b in range(BUCKETS)} == {"control"}
     assert [a.weight for a in paused.arms] == [0.5, 0.5]
     store.ramp("rank-v2", {"treatment": 0.5})  # resume
     store.stop("rank-v2", reason="alert")  # the kill switch
     stopped = store.get("rank-v2")
-    assert stopped is not None and stopped.status == "stopped"
+    assert stopped.status == "stopped"
     assert {stopped.layout().arm_of(b) for b in range(BUCKETS)} == {"control"}
     with pytest.raises(ABError, match="stopped"):
         store.ramp("rank-v2", {"treatment": 0.2})

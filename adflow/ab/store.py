@@ -112,7 +112,7 @@ class ABStore:
         self, name: str, arms: list[Arm], metric: str = "ctr", min_sample: int = 1000, salt: str | None = None
     ) -> Experiment:
         Layout.of(arms)  # refuses bad weights before anything is written
-        if self.get(name, missing_ok=True) is not None:
+        if self.find(name) is not None:
             raise ABError(f"experiment {name!r} already exists")
         exp = Experiment(
             name, salt or uuid.uuid4().hex[:12], arms, metric, min_sample, "running", None, _now()
@@ -126,22 +126,26 @@ class ABStore:
             self._event(name, "create", {"arms": json.loads(_arms_json(arms)), "salt": exp.salt})
         return exp
 
-    def get(self, name: str, missing_ok: bool = False) -> Experiment | None:
+    def find(self, name: str) -> Experiment | None:
         row = self.db.execute(
             "SELECT name, salt, arms, metric, min_sample, status, winner, created_at FROM experiments "
             "WHERE name = ?",
             (name,),
         ).fetchone()
         if row is None:
-            if missing_ok:
-                return None
-            raise ABError(f"no experiment {name!r}")
+            return None
         arms = [Arm(a["name"], a["model"], float(a["weight"])) for a in json.loads(row[2])]
         return Experiment(row[0], row[1], arms, row[3], int(row[4]), row[5], row[6], row[7])
 
+    def get(self, name: str) -> Experiment:
+        exp = self.find(name)
+        if exp is None:
+            raise ABError(f"no experiment {name!r}")
+        return exp
+
     def experiments(self) -> list[Experiment]:
         names = [r[0] for r in self.db.execute("SELECT name FROM experiments ORDER BY created_at, name")]
-        return [e for n in names if (e := self.get(n)) is not None]
+        return [self.get(n) for n in names]
 
     def ramp(self, name: str, weights: dict[str, float]) -> Experiment:
         """New weights for named arms (the control takes the rest); resumes a paused experiment."""
@@ -167,7 +171,7 @@ class ABStore:
                 "UPDATE experiments SET arms = ?, status = 'running' WHERE name = ?", (_arms_json(arms), name)
             )
             self._event(name, "ramp", {"weights": {a.name: a.weight for a in arms}, "was": exp.status})
-        return self.get(name)  # type: ignore[return-value]
+        return self.get(name)
 
     def pause(self, name: str) -> Experiment:
         return self._set_status(name, "paused", ("running",), {})
@@ -186,7 +190,7 @@ class ABStore:
                 "UPDATE experiments SET status = 'concluded', winner = ? WHERE name = ?", (winner, name)
             )
             self._event(name, "conclude", {"winner": winner, "reason": reason})
-        return self.get(name)  # type: ignore[return-value]
+        return self.get(name)
 
     def events(self, name: str) -> list[dict[str, object]]:
         rows = self.db.execute(
@@ -259,7 +263,6 @@ class ABStore:
     # ---- internals
     def _require(self, name: str, allowed: tuple[str, ...]) -> Experiment:
         exp = self.get(name)
-        assert exp is not None
         if exp.status not in allowed:
             raise ABError(f"experiment {name!r} is {exp.status}; this needs it {' or '.join(allowed)}")
         return exp
@@ -272,7 +275,7 @@ class ABStore:
             self.db.execute("BEGIN")
             self.db.execute("UPDATE experiments SET status = ? WHERE name = ?", (status, name))
             self._event(name, {"paused": "pause", "stopped": "stop"}.get(status, status), detail)
-        return self.get(name)  # type: ignore[return-value]
+        return self.get(name)
 
     def _event(self, name: str, action: str, detail: dict[str, object]) -> None:
         self.db.execute(
