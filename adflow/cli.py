@@ -270,10 +270,10 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def _ab_store(placement: str, sets: list[str] | None) -> Any:
-    from adflow.ab.store import ABStore
+    from adflow.ab.store import ABStore, default_store_path
 
     ws = _settings("tiny", placement, sets).resolved().placement.workspace_path()
-    return ABStore(ws / "ab.sqlite")
+    return ABStore(default_store_path(ws))
 
 
 def _ab_call(fn: Any) -> Any:
@@ -434,18 +434,6 @@ def ab_conclude(
         typer.echo(f"{model}@{m.alias}: {m.from_version} -> {m.to_version}")
 
 
-def _latest_dataset(runs_dir: str) -> str | None:
-    import json
-
-    path = Path(runs_dir) / "latest" / "summary.json"
-    if not path.exists():
-        return None
-    for st in json.loads(path.read_text())["stages"]:
-        if st["name"] in ("synth", "ingest") and st["artifacts"].get("dataset"):
-            return str(st["artifacts"]["dataset"])
-    return None
-
-
 @app.command()
 def serve(
     experiment: Annotated[str | None, typer.Option(help="the A/B experiment the router serves")] = None,
@@ -462,12 +450,13 @@ def serve(
     import json
     import time
 
+    from adflow.summary import latest_dataset
     from serving.core import ServeConfig
     from serving.launch import ServeError
     from serving.launch import serve as launch
 
     s = _settings(preset, placement, set_).resolved()
-    data = str(dataset) if dataset else _latest_dataset(s.placement.runs_dir)
+    data = str(dataset) if dataset else latest_dataset(s.placement.runs_dir)
     if not data or not Path(data).is_dir():
         typer.secho("error: no dataset: give --dataset or run `make run` first", fg="red", err=True)
         raise typer.Exit(2)

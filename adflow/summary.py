@@ -125,6 +125,17 @@ def write(summary: RunSummary, runs_dir: str | Path) -> Path:
     return path
 
 
+def latest_dataset(runs_dir: str | Path) -> str | None:
+    """The dataset folder of the latest run (its synth or ingest stage), or None when there is none."""
+    path = Path(runs_dir) / "latest" / "summary.json"
+    if not path.exists():
+        return None
+    for st in json.loads(path.read_text())["stages"]:
+        if st["name"] in ("synth", "ingest") and st["artifacts"].get("dataset"):
+            return str(st["artifacts"]["dataset"])
+    return None
+
+
 def _fmt(v: float) -> str:
     return f"{v:.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4g}"
 

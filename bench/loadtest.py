@@ -103,21 +103,21 @@ def main() -> int:
     args = ap.parse_args()
 
     from adflow.ab.assign import Arm
-    from adflow.ab.store import ABStore
-    from adflow.cli import _latest_dataset
+    from adflow.ab.store import ABStore, default_store_path
     from adflow.config import load_settings
     from adflow.contract import read_table
+    from adflow.summary import latest_dataset
     from serving.core import ServeConfig
     from serving.launch import serve
     from serving.simulate import world_time
 
     s = load_settings("tiny", "local", [f"placement.workspace={args.workspace}"]).resolved()
-    dataset = _latest_dataset(args.runs_dir)
+    dataset = latest_dataset(args.runs_dir)
     if not dataset:
         print("no dataset: run `make run` first", file=sys.stderr)
         return 2
     work = s.placement.workspace_path() / "loadtest"
-    store_path = work / "ab.sqlite"
+    store_path = default_store_path(work)  # its own store: load-test experiments stay out of the workspace's
     name = f"loadtest-{uuid.uuid4().hex[:6]}"
     store = ABStore(store_path)
     store.create(name, [Arm("control", "alias:champion", 0.5), Arm("treatment", "alias:challenger", 0.5)])

@@ -7,9 +7,10 @@ Ranking scores every creative of every candidate item at position 1 (the model l
 feature; scoring all candidates at the same position ranks them by what they are, not by where they were
 shown before) and keeps each item's best creative: the CTR model's creative factors make it the fast
 creative scorer. Unknown users get the empty-history features a new user has in training (the encoder maps
-them to its out-of-vocabulary rows); items with no online features are cold-start and are scored from what
-is known (content, creative); ids that are not in the catalogue at all cannot be shown and come back as
-`unranked`.
+them to its out-of-vocabulary rows); items with no online features get a new item's features (no
+impressions yet). An item is `cold` when the serving model's encoder never saw its id: the model scores it
+from what is known (content, creative) through the shared out-of-vocabulary id. Ids that are not in the
+catalogue at all cannot be shown and come back as `unranked`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class ServeConfig:
     dataset: str  # the dataset folder: the creative catalogue (and, for the simulator, the world's truth)
     model_name: str = "ctr-ciubm"
     feast_dir: str | None = None  # None: <workspace>/feast
-    ab_store: str = ""  # SQLite file of experiments and exposures; "" = <workspace>/ab.sqlite
+    ab_store: str = ""  # SQLite file of experiments and exposures; "" = adflow.ab.store.default_store_path
     experiment: str | None = None  # the experiment the router serves; None: everyone gets default_model
     default_model: str = "champion"
     preload: list[str] = field(default_factory=lambda: ["champion"])  # model refs loaded at start-up
@@ -61,7 +62,9 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not self.ab_store:
-            self.ab_store = str(Path(self.placement().workspace) / "ab.sqlite")
+            from adflow.ab.store import default_store_path
+
+            self.ab_store = str(default_store_path(self.placement().workspace))
 
     def write(self, path: str | Path) -> Path:
         import json
@@ -174,7 +177,7 @@ class Scored:
     item_id: int
     creative_id: int
     score: float
-    cold: bool  # no online item features: new to the system
+    cold: bool  # not in the serving model's item vocabulary: scored from content and creative only
 
 
 @dataclass
@@ -223,10 +226,8 @@ class Ranker:
         i = {iid: {k: items[k][r] for k in ITEM_COLUMNS} for r, iid in enumerate(item_ids)}
         return u, i
 
-    def frame(
-        self, req: RankRequest, user: dict[str, Any], items: dict[int, dict[str, Any]]
-    ) -> tuple[pd.DataFrame, np.ndarray]:
-        """One row per (candidate, creative) with the features the model reads, and each row's cold flag."""
+    def frame(self, req: RankRequest, user: dict[str, Any], items: dict[int, dict[str, Any]]) -> pd.DataFrame:
+        """One row per (candidate, creative) with the features the model reads."""
         shown = [i for i in req.item_ids if i in self.catalogue.by_item]
         rows = np.concatenate([self.catalogue.by_item[i] for i in shown]) if shown else np.zeros(0, int)
         per_item = np.array([len(self.catalogue.by_item[i]) for i in shown], dtype=int)
@@ -239,11 +240,10 @@ class Ranker:
             v = user[k]
             frame[k] = pd.Series([v] * n, dtype=object) if isinstance(v, list) or v is None else v
         frame["segment"] = frame["segment"].fillna("")
-        cold = np.array([items[i]["impressions_to_date"] is None for i in shown], dtype=bool)
         for k in ITEM_COLUMNS:
             vals = np.array([0 if items[i][k] is None else items[i][k] for i in shown], dtype=float)
             frame[k] = np.repeat(vals, per_item)
-        return frame, np.repeat(cold, per_item)
+        return frame
 
     def rank(self, reqs: list[RankRequest]) -> list[Ranking]:
         for r in reqs:
@@ -258,13 +258,15 @@ class Ranker:
         for version in dict.fromkeys(v for v, _ in models):
             idx = [k for k, (v, _) in enumerate(models) if v == version]
             model = next(m for v, m in models if v == version)
-            batch = pd.concat([frames[k][0] for k in idx], ignore_index=True)
+            batch = pd.concat([frames[k] for k in idx], ignore_index=True)
             p = model.predict(batch) if len(batch) else np.zeros(0)
-            bounds = np.cumsum([0, *(len(frames[k][0]) for k in idx)])
+            bounds = np.cumsum([0, *(len(frames[k]) for k in idx)])
             for j, k in enumerate(idx):
                 scores[k] = p[bounds[j] : bounds[j + 1]]
         out = []
-        for r, (version, _), (frame, cold), p in zip(reqs, models, frames, scores, strict=True):
+        for r, (version, model), frame, p in zip(reqs, models, frames, scores, strict=True):
+            # per request: arms of one batch can serve models trained on different item vocabularies
+            cold = model.encoder.is_cold(frame)
             best: dict[int, Scored] = {}
             for item, creative, s, c in zip(frame["item_id"], frame["creative_id"], p, cold, strict=True):
                 if int(item) not in best or s > best[int(item)].score:
@@ -283,7 +285,7 @@ class Ranker:
         version, m = self.pool.get(ModelRef.parse(model))
         users, items = self.online([int(user_id)], [int(item_id)])
         req = RankRequest(int(user_id), [int(item_id)], model, at)
-        frame, _ = self.frame(req, users[int(user_id)], items)
+        frame = self.frame(req, users[int(user_id)], items)
         frame["score"] = m.predict(frame)
         cols = ["creative_id", "score", *CREATIVE_FACTORS]
         return version, frame[cols].sort_values("score", ascending=False).reset_index(drop=True)

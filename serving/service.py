@@ -23,7 +23,7 @@ import bentoml
 from pydantic import BaseModel, Field, field_validator
 
 from serving import session_fix
-from serving.core import MAX_CANDIDATES, BadRequest, RankRequest, ServeConfig
+from serving.core import MAX_CANDIDATES, BadRequest, ModelRef, RankRequest, ServeConfig
 
 session_fix.install()  # the dependency client must not close sessions under in-flight requests (FIELD-NOTES)
 
@@ -82,13 +82,7 @@ class Ranker:
         torch.set_num_threads(cfg.torch_threads)
         self.core = Core(cfg.placement(), cfg.dataset, cfg.model_name, cfg.feast_dir, cfg.device)
         for ref in cfg.preload:
-            self.core.pool.get(self.core_ref(ref))  # load the arms' models before the first request
-
-    @staticmethod
-    def core_ref(ref: str) -> Any:
-        from serving.core import ModelRef
-
-        return ModelRef.parse(ref)
+            self.core.pool.get(ModelRef.parse(ref))  # load the arms' models before the first request
 
     # max_latency_ms is a load-shedding bound, not a batching window: BentoML's dispatcher answers 503 when it
     # predicts a request would wait longer. At concurrency 32 on 2 cores a request waits ~2 s, so 2000 ms shed
@@ -99,7 +93,7 @@ class Ranker:
         good, out = [], [RankOut() for _ in requests]
         for k, r in enumerate(requests):
             try:  # an unknown alias or version fails only this request, not its whole batch
-                self.core.pool.get(self.core_ref(r.model))
+                self.core.pool.get(ModelRef.parse(r.model))
                 good.append(k)
             except BadRequest as e:
                 out[k] = RankOut(error=str(e))
@@ -129,13 +123,16 @@ class Creative:
         torch.set_num_threads(cfg.torch_threads)
         self.core = Core(cfg.placement(), cfg.dataset, cfg.model_name, cfg.feast_dir, cfg.device)
 
+    def _creatives(self, model: str, user_id: int, item_id: int, at: float | None) -> tuple[int, Any]:
+        try:
+            return self.core.creatives(model, user_id, item_id, at)
+        except BadRequest as e:  # the caller's mistake: a 400, not a 500
+            raise bentoml.exceptions.InvalidArgument(str(e)) from e
+
     @bentoml.api
     def select(self, user_id: int, item_id: int, model: str = "champion", at: float | None = None) -> dict:
         """The creative the fast scorer picks for this user and item, with every creative's score."""
-        try:
-            version, table = self.core.creatives(model, user_id, item_id, at)
-        except BadRequest as e:
-            raise bentoml.exceptions.InvalidArgument(str(e)) from e
+        version, table = self._creatives(model, user_id, item_id, at)
         return {
             "item_id": item_id,
             "creative_id": int(table["creative_id"].iloc[0]),
@@ -148,10 +145,7 @@ class Creative:
         """Why the chosen creative beats the runner-up, factor by factor (fast scorer's view)."""
         from serving.core import explain_choice
 
-        try:
-            version, table = self.core.creatives(model, user_id, item_id, at)
-        except BadRequest as e:
-            raise bentoml.exceptions.InvalidArgument(str(e)) from e
+        version, table = self._creatives(model, user_id, item_id, at)
         return {"item_id": item_id, "model_version": version, "selector": "ctr-fast-scorer",
                 **explain_choice(table)}  # fmt: skip
 

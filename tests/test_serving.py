@@ -67,7 +67,7 @@ def _config(stack: dict[str, Any], experiment: str | None) -> Any:
 
 def test_ranker_core_in_process(stack: dict[str, Any]) -> None:
     """Unknown users and cold-start items are served; ids outside the catalogue come back unranked."""
-    from serving.core import BadRequest, Ranker, RankRequest
+    from serving.core import BadRequest, ModelRef, Ranker, RankRequest
 
     s = stack["settings"]
     r = Ranker(s.placement, stack["dataset"], NAME)
@@ -78,6 +78,8 @@ def test_ranker_core_in_process(stack: dict[str, Any]) -> None:
     assert out[1].unranked == [10**7] and len(out[1].ranked) == 30
     scores = [x.score for x in out[0].ranked]
     assert scores == sorted(scores, reverse=True) and min(scores) > 0 and max(scores) < 1
+    vocab = r.pool.get(ModelRef.parse("challenger"))[1].encoder.items
+    assert {x.item_id for x in out[0].ranked if x.cold} == {i for i in items if i not in vocab}
     cr = r.catalogue.creatives
     for x in out[0].ranked:  # each item's best creative is one of its own
         assert cr.loc[cr["creative_id"] == x.creative_id, "item_id"].item() == x.item_id
@@ -205,9 +207,9 @@ def test_router_ab_end_to_end(stack: dict[str, Any]) -> None:
     assert sim.expected_ctr["challenger"] > sim.expected_ctr["champion"]
     ex = store.exposures("e2e")
     ex = ex[ex["ts"] >= store.weight_period("e2e")[0]]
-    # mSPRT's mixing scale sized to the effect looked for (here large, on little traffic)
-    a = analyse(ex, {"champion": 0.5, "challenger": 0.5}, "champion", "e2e", tau_rel=1.0,
-                srm_window=store.weight_period("e2e"))  # fmt: skip
+    a = analyse(
+        ex, {"champion": 0.5, "challenger": 0.5}, "champion", "e2e", srm_window=store.weight_period("e2e")
+    )
     t = next(r for r in a.arms if r.arm == "challenger")
     assert a.srm_ok and t.lift > 0 and t.p_value < 0.05, a.verdict
 

@@ -39,6 +39,12 @@ CREATE INDEX IF NOT EXISTS exposures_by_experiment ON exposures (experiment, ts)
 CREATE INDEX IF NOT EXISTS clicks_by_exposure ON clicks (exposure_id);
 """
 STATUSES = ("running", "paused", "stopped", "concluded")
+STORE_FILE = "ab.sqlite"
+
+
+def default_store_path(workspace: str | Path) -> Path:
+    """The workspace's A/B store: the router and the CLI must open the same file to see the same experiments."""
+    return Path(workspace) / STORE_FILE
 
 
 class ABError(ValueError):

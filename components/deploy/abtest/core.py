@@ -37,7 +37,7 @@ def run(
     from adflow.ab.analysis import analyse
     from adflow.ab.assign import Arm
     from adflow.ab.report import write_report
-    from adflow.ab.store import ABStore
+    from adflow.ab.store import ABStore, default_store_path
     from serving.core import ServeConfig
     from serving.launch import serve
     from serving.simulate import simulate
@@ -56,7 +56,7 @@ def run(
         if champion is None:
             raise registry.RegistryError(f"{name} has no champion to test the challenger against")
         kind = "A/A" if champion == challenger_version else "A/B"
-        store_path = Path(s.placement.workspace) / "ab.sqlite"
+        store_path = default_store_path(s.placement.workspace)
         store = ABStore(store_path)
         exp_name = f"{name}-v{champion}-vs-v{challenger_version}-{uuid.uuid4().hex[:6]}"
         arms = [
