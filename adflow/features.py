@@ -6,7 +6,8 @@
   after it) can never leak into its features.
 - item_stats: daily snapshots of each item's impressions, clicks and smoothed CTR from impressions *before*
   that day.
-- item_content: the text embedding of title, category and attributes (static).
+- item_content: the text embedding of title, category and attributes, and MOON's image + title embedding
+  when the run trained MOON (static; an empty list otherwise).
 - user_profile: the user's segment (static).
 """
 
@@ -44,8 +45,12 @@ def _epoch_s(ts: pd.Series) -> np.ndarray:
     return (ts.astype("int64") // 10**9).to_numpy()
 
 
-def build_tables(dataset: str | Path, out: str | Path, cfg: FeaturesConfig) -> dict[str, int]:
-    """Write the four feature tables as parquet under `out`; returns their row counts."""
+def build_tables(
+    dataset: str | Path, out: str | Path, cfg: FeaturesConfig, moon_embeddings: str | Path | None = None
+) -> dict[str, int]:
+    """Write the four feature tables as parquet under `out`; returns their row counts.
+
+    `moon_embeddings`: the MOON stage's parquet (item_id, moon_embedding) for every catalog item, or None."""
     root, out_dir = Path(dataset), Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     items, users = read_table(root, "items"), read_table(root, "users")
@@ -177,8 +182,14 @@ def build_tables(dataset: str | Path, out: str | Path, cfg: FeaturesConfig) -> d
             "event_timestamp": t0,
             "category": items["category"],
             "text_embedding": list(emb),
+            "moon_embedding": moon_column(items["item_id"], moon_embeddings),
         }
     )
+    if cfg.content_embedding == "moon" and moon_embeddings is None:
+        raise ValueError(
+            "features.content_embedding is 'moon' but this run has no MOON embeddings "
+            "(moon_train.enabled is false, or the data set has no item images): use 'text'"
+        )
 
     tables = {
         "user_behaviour": user_behaviour,
@@ -192,6 +203,20 @@ def build_tables(dataset: str | Path, out: str | Path, cfg: FeaturesConfig) -> d
     counts = {name: len(df) for name, df in tables.items()}
     log(STAGE, f"feature tables {counts}")
     return counts
+
+
+def moon_column(item_ids: pd.Series, path: str | Path | None) -> list[np.ndarray]:
+    """MOON's vector per catalog item (row-aligned with item_ids); empty vectors when there is no MOON."""
+    if path is None:
+        return [np.zeros(0, np.float32) for _ in item_ids]
+    moon = pd.read_parquet(path)
+    vec = dict(zip(moon["item_id"].astype(int), moon["moon_embedding"], strict=True))
+    missing = [int(i) for i in item_ids if int(i) not in vec]
+    if missing:
+        raise ValueError(
+            f"MOON embeddings miss {len(missing)} catalog items (first: {missing[:5]}) in {path}"
+        )
+    return [np.asarray(vec[int(i)], np.float32) for i in item_ids]
 
 
 # ---------------------------------------------------------------- the store
@@ -245,7 +270,7 @@ def historical(
     four views took 30 s where the single joins take 12 s (tiny world). List-heavy views (SNAPSHOT_KEYS) are
     joined by Feast on their snapshot id alone; the lists come from the same table by that exact id.
     """
-    from feature_store.definitions import SNAPSHOT_KEYS, VIEWS
+    from feature_store.definitions import NOT_IN_TRAINING, SNAPSHOT_KEYS, VIEWS
 
     if entity_df[key].duplicated().any():
         raise FeatureJoinError(f"entity rows must have unique '{key}'")
@@ -254,7 +279,8 @@ def historical(
         jk = entity.join_key
         pairs = entity_df[[jk, "event_timestamp"]].drop_duplicates().reset_index(drop=True)
         snap = SNAPSHOT_KEYS.get(view)
-        names = [snap] if snap else [f.name for f in schema]
+        skip = NOT_IN_TRAINING.get(view, ())
+        names = [snap] if snap else [f.name for f in schema if f.name not in skip]
         got = fs.get_historical_features(entity_df=pairs, features=[f"{view}:{n}" for n in names]).to_df()
         if len(got) != len(pairs):
             lost = len(pairs) - len(got)

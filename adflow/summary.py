@@ -19,6 +19,7 @@ HEADLINE = {
     "synth": ("rows_impressions", "click_rate", "oracle_auc", "cold_start_items"),
     "ingest": ("rows_items", "rows_impressions"),
     "validate": ("expectations_evaluated", "expectations_failed", "rows_validated"),
+    "moon": ("recall_at_10_moon", "recall_at_10_baseline", "detector_iou_cluttered", "train_s"),
     "features": ("rows_joined", "rows_train_split", "rows_test_split"),
     "train_ctr": ("final_ciubm_val_auc", "final_din_val_auc", "train_s"),
     "gate": (
@@ -34,6 +35,8 @@ HEADLINE = {
         "lead_vs_din_cold_auc_lo",
         "lead_vs_din_cold_auc_hi",
         "champion_gauc",
+        "ciubm_moon_auc",
+        "exchange_rate_auc",
     ),
     "register": ("version", "champion_version"),
     "abtest": ("champion_ctr", "challenger_ctr", "lift", "p_value", "srm_p", "http_5xx", "aa_test"),

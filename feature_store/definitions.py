@@ -57,6 +57,11 @@ VIEWS: dict[str, tuple[Entity, str, list[Field]]] = {
                 dtype=Array(Float32),
                 description="all-MiniLM-L6-v2 of title/category/attributes",
             ),
+            Field(
+                name="moon_embedding",
+                dtype=Array(Float32),
+                description="MOON of image + title (empty when the run trained no MOON)",
+            ),
         ],
     ),
 }
@@ -66,6 +71,10 @@ VIEWS: dict[str, tuple[Entity, str, list[Field]]] = {
 # store joins list columns slowly (49 s for 42k rows, against 1 s for scalars), so training asks Feast for
 # the id of the state in force at each impression and reads that state's lists by exact key.
 SNAPSHOT_KEYS = {"user_behaviour": "snapshot_id"}
+
+# Static per-item vectors the CTR model reads from its own content table (the catalog's, frozen in the model),
+# not per impression: the point-in-time training join leaves them out. Serving reads them online.
+NOT_IN_TRAINING = {"item_content": ("text_embedding", "moon_embedding")}
 
 
 def feature_views(source_dir: str | Path) -> list[FeatureView]:

@@ -4,8 +4,8 @@
     adflow run --preset full --placement cluster     # submit to Kubeflow (compiled with the placement's image)
     make compile                                     # build/pipelines/ads_full.yaml
 
-Stages so far: synthesise the world (or ingest/import a data set) -> validate every table -> Feast features
--> CiUBM + DIN on Ray Train -> offline gate vs the champion -> (only if it passes) MLflow registry
+Stages so far: synthesise the world (or ingest/import a data set) -> validate every table -> MOON pretraining,
+post-training and catalog embeddings on Ray -> Feast features (text and MOON embeddings) -> CiUBM + DIN on Ray Train -> offline gate vs the champion -> (only if it passes) MLflow registry
 -> serve champion and challenger, simulated A/B test through the router.
 (No `from __future__ import annotations` here: KFP reads the pipeline's annotations at definition time.)
 """
@@ -21,6 +21,7 @@ from components.evaluation.gate.component import gate
 from components.features.build.component import features
 from components.registry.register.component import register
 from components.training.ctr.component import train_ctr
+from components.training.moon.component import moon
 from components.validation.validate.component import validate
 
 
@@ -35,6 +36,7 @@ STAGES = (
     Stage("synth", "data", "generate the synthetic ad world"),
     Stage("ingest", "data", "copy or import a data set into the contract"),
     Stage("validate", None, "Great Expectations over every table; stops the run on failure"),
+    Stage("moon", None, "MOON pretraining + post-training on Ray Train, evaluation, catalog embeddings"),
     Stage("features", None, "Feast feature tables, apply, materialize; point-in-time training set"),
     Stage("train_ctr", None, "CiUBM and DIN on Ray Train"),
     Stage("gate", None, "candidate vs champion on the same held-out split"),
@@ -61,10 +63,18 @@ def ads_full(
         settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id, dataset=dataset
     )
     checked.set_display_name("validate")
-    feats = features(
+    represented = moon(
         settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id, dataset=dataset
     )
-    feats.after(checked)
+    represented.after(checked)
+    represented.set_display_name("moon")
+    feats = features(
+        settings_json=settings_json,
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
+        dataset=dataset,
+        moon=represented.outputs["embeddings"],
+    )
     trained = train_ctr(
         settings_json=settings_json,
         tracking_uri=tracking_uri,

@@ -22,6 +22,17 @@ SMALL = [
     "world.image_size=32",
     "ctr_train.epochs=8",
     "ab.enabled=false",  # the deploy branch's A/B test: on in test_synth_run_end_to_end and test_serving only
+    "moon_train.enabled=false",  # MOON: on in test_moon and the first run of test_synth_run_end_to_end
+]
+# MOON at test size: a few epochs on the small world (the stage's code path, not its quality)
+MOON_FAST = [
+    "moon_train.enabled=true",
+    "moon_train.pretrain_epochs=2",
+    "moon_train.posttrain_epochs=1",
+    "moon_train.posttrain_steps_per_epoch=2",
+    "moon_train.batch_size=32",
+    "moon_train.views_per_item=2",
+    "moon_train.detector_steps=60",
 ]
 
 

@@ -89,7 +89,12 @@ def test_no_leakage_point_in_time(built: tuple[Path, Path, object]) -> None:
     # item stats are as of the start of the day: the same day's clicks are not visible yet
     assert frame.at[2, "impressions_to_date"] == 0 and frame.at[4, "impressions_to_date"] == 0
     assert frame.at[5, "impressions_to_date"] == 1 and frame.at[5, "clicks_to_date"] == 1  # next day: item 11
-    assert len(frame.at[2, "text_embedding"]) == 384
+    # content vectors are static per item: the CTR model reads them from the catalog table, not per impression
+    assert "text_embedding" not in frame and "moon_embedding" not in frame
+    content = pd.read_parquet(tables / "item_content.parquet")
+    assert {len(e) for e in content["text_embedding"]} == {384} and {
+        len(e) for e in content["moon_embedding"]
+    } == {0}
     assert frame.at[3, "segment"] == "brand_lover"
 
 
@@ -165,7 +170,7 @@ def test_redis_online_store_serves_what_sqlite_serves(
     assert got_r[0]["hist_item_ids"][2] is None  # an unknown user reads as missing
     for r, q in zip(got_r, got_s, strict=True):
         for key in r:
-            if key == "text_embedding":
+            if key in ("text_embedding", "moon_embedding"):
                 assert np.allclose(np.asarray(r[key][0]), np.asarray(q[key][0]), atol=1e-6)
             else:
                 assert [list(x) if isinstance(x, list | np.ndarray) else x for x in r[key]] == [

@@ -14,7 +14,7 @@ from adflow.registry import CHALLENGER, CHAMPION, alias_version, history
 from adflow.runner import run_pipeline
 from adflow.tracking import client
 
-from .conftest import small_settings
+from .conftest import MOON_FAST, small_settings
 from .movielens_export import export
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_synth_run_end_to_end(tmp_path: Path) -> None:
-    s = small_settings(tmp_path, "ab.enabled=true", "ab.requests=150", "ab.rate_per_s=50")
+    s = small_settings(tmp_path, "ab.enabled=true", "ab.requests=150", "ab.rate_per_s=50", *MOON_FAST)
     summary = run_pipeline(s, show=False)
     assert summary.status == "succeeded", summary.error
     stages = {st.name: st for st in summary.stages}
@@ -37,6 +37,7 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
         "synth",
         "ingest",
         "validate",
+        "moon",
         "features",
         "train_ctr",
         "gate",
@@ -46,6 +47,15 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert stages["synth"].status == "succeeded" and stages["ingest"].status == "skipped"
     assert stages["synth"].metrics["oracle_auc"] > 0.7
     assert stages["validate"].metrics["expectations_failed"] == 0
+    # MOON trained, evaluated and embedded the catalog; its vectors sit in Feast beside the text ones, and
+    # the gate compared CiUBM on each (the exchange rate)
+    moon = stages["moon"]
+    assert 0 < moon.metrics["recall_at_10_moon"] <= 1 and 0 < moon.metrics["recall_at_10_baseline"] <= 1
+    assert moon.note and moon.note.startswith("image-search recall@10")
+    gate_m = stages["gate"].metrics
+    assert 0.5 < gate_m["ciubm_moon_auc"] < 1 and "exchange_rate_auc" in gate_m
+    x = (gate_m["ciubm_moon_auc"] - gate_m["ciubm_auc"]) / gate_m["recall_gain"]
+    assert gate_m["exchange_rate_auc"] == pytest.approx(x, rel=1e-6)
     assert Path(stages["validate"].artifacts["data_docs"]).is_file()
     assert all(st.duration_s and st.duration_s > 0 for st in summary.stages if st.status == "succeeded")
     run_json = tmp_path / "runs" / summary.run_id / "summary.json"
@@ -75,10 +85,14 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert Path(ab.artifacts["report"]).is_file()
     assert not [p for p in psutil.process_iter(["cmdline"]) if "bentoml" in " ".join(p.info["cmdline"] or [])]
 
-    # the same world again: a decision with a reason, and the champion stays
-    again = {st.name: st for st in run_pipeline(s, show=False).stages}
+    # the same world again (without MOON this time: CiUBM on text trains the same whether or not a MOON
+    # variant trains beside it): a decision with a reason, and the champion stays
+    s_again = small_settings(tmp_path, "ab.enabled=true")
+    again = {st.name: st for st in run_pipeline(s_again, show=False).stages}
     assert again["gate"].status == "succeeded" and again["gate"].note
     assert "champion" in again["gate"].note and "margin" in again["gate"].note
+    assert again["gate"].metrics["ciubm_gauc"] == again["gate"].metrics["champion_gauc"]  # the same model
+    assert again["moon"].note and "enabled is false" in again["moon"].note
     assert alias_version(c, name, CHAMPION) == 1
 
     # negative control: a candidate trained on shuffled labels is rejected; the deploy branch does not run
@@ -95,10 +109,13 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
 
 def test_import_branch_runs_instead_of_synth(small_world: Path, tmp_path: Path) -> None:
     ml = export(small_world, tmp_path / "ml-100k")
-    s = small_settings(tmp_path, "data.source=movielens", f"data.path={ml}", "ctr_train.epochs=1")
+    s = small_settings(tmp_path, "data.source=movielens", f"data.path={ml}", "ctr_train.epochs=1", *MOON_FAST)
     summary = run_pipeline(s, show=False)
     stages = {st.name: st for st in summary.stages}
     assert summary.status == "succeeded", summary.error
+    # MovieLens has no item images: MOON says so and steps aside, CiUBM reads the text embedding
+    assert stages["moon"].status == "succeeded" and "no item images" in (stages["moon"].note or "")
+    assert "ciubm_moon_auc" not in stages["gate"].metrics and "ciubm_auc" in stages["gate"].metrics
     assert stages["synth"].status == "skipped" and stages["ingest"].status == "succeeded"
     assert stages["ingest"].metrics["rows_impressions"] == len((ml / "u.data").read_text().splitlines())
     assert stages["train_ctr"].status == "succeeded" and stages["gate"].status == "succeeded"
@@ -176,12 +193,16 @@ CORRUPTIONS: list[Callable[[Path], tuple[str, str, str | None]]] = [
 
 @pytest.fixture(scope="module")
 def accepted_workspace(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace where a clean dataset was accepted by a pipeline run (its profile is the drift reference)."""
+    """A workspace where the validation stage accepted a clean dataset (its profile is the drift reference).
+    The stage's own function, not a whole pipeline run: everything after validation is tested elsewhere."""
+    from components.validation.validate.core import validate_dataset
+
     root = tmp_path_factory.mktemp("accepted")
     clean = root / "clean"
     shutil.copytree(small_world, clean)
-    summary = run_pipeline(small_settings(root, "data.source=dataset", f"data.path={clean}"), show=False)
-    assert summary.status == "succeeded", summary.error
+    s = small_settings(root, "data.source=dataset", f"data.path={clean}")
+    report = validate_dataset(clean, s.validation, root / "docs", s.placement.workspace)
+    assert report.success and report.accepted_dir
     return root
 
 

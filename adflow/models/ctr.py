@@ -175,8 +175,9 @@ class CTRModel(nn.Module):
         self, cfg: CTRModelConfig, variant: str, sizes: dict[str, int], content: np.ndarray | None
     ) -> None:
         super().__init__()
-        if variant not in ("din", "ciubm"):
+        if variant not in ("din", "ciubm", "ciubm_text", "ciubm_moon"):
             raise ValueError(f"unknown CTR variant {variant}")
+        variant = "din" if variant == "din" else "ciubm"  # ciubm_<embedding>: CiUBM on that content table
         d = cfg.id_dim
         self.variant, self.tau, self.buckets = variant, cfg.tau, cfg.sim_buckets
         self.user = nn.Embedding(sizes["user"], d)

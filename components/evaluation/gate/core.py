@@ -36,6 +36,8 @@ class GateDecision:
     models: dict[str, dict[str, float]] = field(default_factory=dict)  # every scored model, for the table
     # candidate minus each baseline variant on the same impressions: {"din": {"auc": {diff, lo, hi}, ...}}
     versus: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # MOON's exchange rate: CTR-model gain per image-search recall gain (MOON vs the baseline encoder)
+    exchange: dict[str, float] = field(default_factory=dict)
     report_md: str = ""
     report_html: str = ""
 
@@ -121,6 +123,46 @@ def _table_md(models: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
+def exchange_rate(
+    features_dir: str | Path, settings: Settings, models: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """MOON Embedding's exchange rate: (CiUBM on MOON - CiUBM on text) AUC and GAUC per recall@K gained by
+    MOON over the baseline encoder, on the same split. Empty when the run lacks either CiUBM."""
+    path = Path(features_dir) / "moon.json"
+    moon = json.loads(path.read_text()) if path.exists() else {}
+    recall = moon.get("image_recall", {})
+    if not recall or "baseline" not in recall or moon.get("served") not in recall:
+        return {}
+    by_source: dict[str, dict[str, float]] = {}
+    for label, m in models.items():
+        v = label.split(" ")[0]
+        if v.startswith("ciubm"):
+            by_source.setdefault(
+                settings.features.content_embedding if v == "ciubm" else v.removeprefix("ciubm_"), m
+            )
+    if not {"text", "moon"} <= set(by_source):
+        return {}
+    d_recall = recall[moon["served"]] - recall["baseline"]
+    out = {"recall_gain": d_recall, "recall_k": float(moon["recall_k"])}
+    for k in ("auc", "gauc"):
+        gain = by_source["moon"][k] - by_source["text"][k]
+        out[f"{k}_gain"] = gain
+        out[f"exchange_rate_{k}"] = gain / d_recall if abs(d_recall) > 1e-9 else math.nan
+    return out
+
+
+def _exchange_lines(d: GateDecision) -> list[str]:
+    x = d.exchange
+    if not x:
+        return []
+    k = int(x["recall_k"])
+    return [
+        f"Exchange rate (MOON vs baseline encoder): image-search recall@{k} {x['recall_gain']:+.4f} buys "
+        f"CiUBM AUC {x['auc_gain']:+.4f} and GAUC {x['gauc_gain']:+.4f}: ΔAUC/Δrecall "
+        f"{x['exchange_rate_auc']:+.3f}, ΔGAUC/Δrecall {x['exchange_rate_gauc']:+.3f}."
+    ]
+
+
 def _versus_lines(d: GateDecision) -> list[str]:
     """One line per baseline: the candidate's AUC and cold-start AUC lead, with its bootstrap interval."""
     lines = []
@@ -148,6 +190,8 @@ def write_report(out: Path, d: GateDecision, plots: list[str], test_rows: int) -
             "",
             *_versus_lines(d),
             "",
+            *_exchange_lines(d),
+            "",
             *[f"![{p}]({p})" for p in plots],
         ]
     )
@@ -167,7 +211,7 @@ td:first-child,th:first-child{{text-align:left}}h1{{color:{colour}}}</style></he
 <h1>Gate: {verdict}</h1><p><b>Reason:</b> {html.escape(d.reason)}</p>
 <p>Held-out test split: {test_rows} impressions. Champion: {f"version {d.champion_version}" if d.champion_version else "none"}.</p>
 <table><tr><th>model</th>{"".join(f"<th>{c}</th>" for c in COLUMNS)}</tr>{rows}</table>
-{"".join(f"<p>{html.escape(line)}</p>" for line in _versus_lines(d))}
+{"".join(f"<p>{html.escape(line)}</p>" for line in _versus_lines(d) + _exchange_lines(d))}
 {"".join(f'<p><img src="{p}" style="max-width:100%"></p>' for p in plots)}</body></html>"""
     (out / "index.html").write_text(page)
     d.report_md, d.report_html = str(out / "report.md"), str(out / "index.html")
@@ -224,6 +268,7 @@ def evaluate(
         }
     passed, reason = decide(settings.gate, cand, champ)
     d = GateDecision(passed, reason, settings.gate.metric, cand, champ, champ_version, models, versus)
+    d.exchange = exchange_rate(features_dir, settings, models)
     write_report(out, d, _plots(out, test["click"].to_numpy(), preds), len(test))
     (out / "decision.json").write_text(json.dumps(asdict(d), indent=2, default=float))
     log(STAGE, f"{'PASSED' if passed else 'REJECTED'}: {reason}")
@@ -262,6 +307,7 @@ def run(
         for base, diffs in d.versus.items():
             for k, v in diffs.items():
                 flat |= {f"lead_vs_{base}_{k}_{q}": x for q, x in v.items() if math.isfinite(x)}
+        flat |= {k: v for k, v in d.exchange.items() if math.isfinite(v)}
         sr.metrics(flat)
         sr.tag(NOTE_TAG, ("PASSED: " if d.passed else "REJECTED: ") + d.reason)
         sr.log_file(out_dir, "gate_report")

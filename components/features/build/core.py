@@ -6,6 +6,8 @@ Cluster:   same code with placement.feast_env=cluster (Redis online store; featu
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,24 @@ from adflow.tracking import stage_run
 STAGE = "features"
 
 
-def build(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def moon_embeddings(moon_dir: str | Path | None) -> Path | None:
+    """The MOON stage's catalog embeddings, when it trained MOON (it writes moon.json either way)."""
+    if moon_dir is None or not (Path(moon_dir) / "moon.json").exists():
+        return None
+    served = json.loads((Path(moon_dir) / "moon.json").read_text())
+    return Path(served["embeddings"]) if served.get("embeddings") else None
+
+
+def build(
+    settings: Settings, dataset: str | Path, out_dir: str | Path, moon_dir: str | Path | None = None
+) -> dict[str, Any]:
     out = Path(out_dir)
     tables = out / "tables"
     t0 = time.perf_counter()
-    counts = F.build_tables(dataset, tables, settings.features)
+    counts = F.build_tables(dataset, tables, settings.features, moon_embeddings(moon_dir))
+    if moon_dir is not None and (Path(moon_dir) / "moon.json").exists():
+        # MOON's recall travels with the feature set: the gate turns it into the exchange rate
+        shutil.copy(Path(moon_dir) / "moon.json", out / "moon.json")
     fs = F.store(settings.placement)
     F.apply(fs, tables)
     t1 = time.perf_counter()
@@ -42,11 +57,18 @@ def build(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dict[
     }
 
 
-def run(settings_json: str, tracking_uri: str, parent_run_id: str, dataset: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def run(
+    settings_json: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    dataset: str | Path,
+    out_dir: str | Path,
+    moon_dir: str | Path | None = None,
+) -> dict[str, Any]:
     s = settings_from_json(settings_json)
     with stage_run(STAGE, tracking_uri, parent_run_id, s.placement.mlflow_experiment) as sr:
         sr.params({"features": s.features.model_dump(), "feast_env": s.placement.feast_env})
-        summary = build(s, dataset, out_dir)
+        summary = build(s, dataset, out_dir, moon_dir)
         sr.metrics({k: float(v) for k, v in summary.items()})
         sr.artifact("features", out_dir)
         sr.artifact("online_store", Path(s.placement.workspace) / "feast")

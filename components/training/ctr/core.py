@@ -11,9 +11,9 @@ given `resume_from` continues after the last completed epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from adflow import train as T
 from adflow.config import Settings
 from adflow.progress import log
 
@@ -38,8 +39,53 @@ class TrainResult:
     seconds: float = 0.0
 
 
+EMBEDDINGS = ("text", "moon")  # item_content columns <name>_embedding
+
+
+def content_catalog(features_dir: str | Path, embedding: str) -> pd.DataFrame:
+    """item_id, category, embedding: the catalog's `embedding` vectors from the feature tables."""
+    cat = pd.read_parquet(Path(features_dir) / "tables" / "item_content.parquet")
+    col = f"{embedding}_embedding"
+    if col not in cat or any(len(e) == 0 for e in cat[col]):
+        raise ValueError(
+            f"the feature set has no {embedding} embedding for every item ({col}); "
+            "was the MOON stage skipped? (features.content_embedding / ctr_train.variants)"
+        )
+    return cat[["item_id", "category", col]].rename(columns={col: "embedding"})
+
+
+def content_tables(features_dir: str | Path, enc: Any) -> dict[str, np.ndarray]:
+    """{embedding: [1 + items, D] table in the encoder's row order} for every embedding the catalog has."""
+    out = {}
+    for name in EMBEDDINGS:
+        try:
+            cat = content_catalog(features_dir, name)
+        except ValueError:
+            continue
+        emb = np.stack([np.asarray(e, np.float32) for e in cat["embedding"]])
+        table = np.zeros((len(enc.content_index) + 1, emb.shape[1]), np.float32)
+        table[[enc.content_index[int(i)] for i in cat["item_id"]]] = emb
+        out[name] = table
+    return out
+
+
+def variant_content(variant: str, default: str, tables: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The content table a variant reads: none for DIN, the configured one for "ciubm", else its suffix's."""
+    if variant == "din":
+        return None
+    name = default if variant == "ciubm" else variant.removeprefix("ciubm_")
+    if name not in tables:
+        raise ValueError(f"variant {variant} reads the {name} embedding, which this feature set lacks")
+    return tables[name]
+
+
 def prepare(
-    features_dir: str | Path, out_dir: str | Path, seq_len: int, shuffle_labels: bool = False, seed: int = 0
+    features_dir: str | Path,
+    out_dir: str | Path,
+    seq_len: int,
+    shuffle_labels: bool = False,
+    seed: int = 0,
+    content: str = "text",
 ) -> Path:
     """Fit the encoder on the training split and write the tensors every worker reads (npz per split)."""
     from adflow.models.ctr import FeatureEncoder
@@ -47,10 +93,10 @@ def prepare(
     src, out = Path(features_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frames = {s: pd.read_parquet(src / f"{s}.parquet") for s in SPLITS}
-    catalog = pd.read_parquet(src / "tables" / "item_content.parquet").rename(
-        columns={"text_embedding": "embedding"}
-    )
-    enc = FeatureEncoder.fit(frames["train"], catalog, seq_len)
+    enc = FeatureEncoder.fit(frames["train"], content_catalog(src, content), seq_len)
+    # every embedding the catalog has, as content tables aligned with the encoder's rows: a variant that
+    # reads another embedding than the default swaps its table in (the exchange rate's comparison)
+    np.savez(out / "content_tables.npz", **content_tables(src, enc))
     for s, df in frames.items():
         arrays = enc.transform(df)
         if shuffle_labels and s == "train":
@@ -83,47 +129,27 @@ def train_loop(config: dict[str, Any]) -> None:
     with (data / "encoder.pkl").open("rb") as f:
         enc = pickle.load(f)
     train, val = _load(data, "train"), _load(data, "val")
-    torch.manual_seed(tcfg.seed)
+    tables = _load(data, "content_tables")
     device = ray.train.torch.get_device()
     engines: dict[str, Any] = {}
     opts: dict[str, Any] = {}
+    # Each variant has its own random stream (initial weights, dropout masks), all from the same seed: a
+    # variant trains the same whichever others train beside it (adding ciubm_moon leaves ciubm unchanged,
+    # so a rerun stays comparable), and ciubm vs ciubm_moon differ only in their content table.
+    streams: dict[str, Any] = {}
     for v in tcfg.variants:
-        model = CTRModel(mcfg, v, enc.sizes(), enc.content if v == "ciubm" else None)
+        torch.manual_seed(tcfg.seed)
+        model = CTRModel(mcfg, v, enc.sizes(), variant_content(v, config["content"], tables))
+        streams[v] = _rng_state(device)
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        if tcfg.deepspeed:
-            import deepspeed
+        engines[v], opts[v] = T.engine(model, opt, tcfg.deepspeed)
 
-            engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=tcfg.deepspeed)
-            engines[v] = engine
-        else:
-            engines[v] = ray.train.torch.prepare_model(model)
-        opts[v] = opt
-
-    def inner(v: str) -> Any:
-        e = engines[v]
-        return e.module if hasattr(e, "module") else e
-
-    start = 0
-    best: dict[
-        str, dict[str, Any]
-    ] = {}  # per variant: the epoch with the best validation AUC and its weights
-    # Ray's own restore (a retried worker group) comes first; else an explicit resume point: Ray Train v2
-    # dropped TorchTrainer(resume_from_checkpoint=...), so the loop reads it from its config.
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None and config.get("resume_from"):
-        ckpt = ray.train.Checkpoint.from_directory(config["resume_from"])
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=False)
-        for v in tcfg.variants:
-            inner(v).load_state_dict(state["models"][v])
-            if not tcfg.deepspeed:
-                opts[v].load_state_dict(state["opts"][v])
-        start = state["epoch"] + 1
-        best = state.get("best", {})
-
+    state = T.restore(config, engines, opts, bool(tcfg.deepspeed))
+    start = state["epoch"] + 1 if state else 0
+    # per variant: the epoch with the best validation AUC and its weights
+    best: dict[str, dict[str, Any]] = state.get("best", {})
     # With DeepSpeed bf16 the engine holds bf16 weights and buffers: float inputs must match them.
-    half = torch.bfloat16 if ((tcfg.deepspeed or {}).get("bf16") or {}).get("enabled") else None
+    half = T.half_dtype(tcfg.deepspeed)
 
     def on_device(t: torch.Tensor) -> torch.Tensor:
         t = t.to(device)
@@ -141,19 +167,15 @@ def train_loop(config: dict[str, Any]) -> None:
         for i in range(0, len(shard), batch):
             b = {k: on_device(t) for k, t in to_tensors(train, shard[i : i + batch]).items()}
             for v in tcfg.variants:
+                _set_rng_state(device, streams[v])
                 logits = engines[v](b).float()
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, b["label"].float())
-                if tcfg.deepspeed:
-                    engines[v].backward(loss)
-                    engines[v].step()
-                else:
-                    opts[v].zero_grad()
-                    loss.backward()
-                    opts[v].step()
+                T.step(engines[v], opts[v], loss, bool(tcfg.deepspeed))
                 losses[v].append(float(loss.detach()))
+                streams[v] = _rng_state(device)
         metrics: dict[str, float] = {"epoch": float(epoch), "epoch_train_s": time.perf_counter() - t_epoch}
         for v in tcfg.variants:
-            m = inner(v).eval()
+            m = T.unwrap(engines[v]).eval()
             with torch.inference_mode():
                 p = (
                     torch.sigmoid(m({k: on_device(t) for k, t in to_tensors(val).items()}).float())
@@ -166,28 +188,25 @@ def train_loop(config: dict[str, Any]) -> None:
             if rank == 0 and metrics[f"{v}_val_auc"] > best.get(v, {}).get("val_auc", -1.0):
                 weights = {
                     k: (t.float() if t.is_floating_point() else t).detach().cpu().clone()
-                    for k, t in inner(v).state_dict().items()
+                    for k, t in T.unwrap(engines[v]).state_dict().items()
                 }
                 best[v] = {"epoch": epoch, "val_auc": metrics[f"{v}_val_auc"], "weights": weights}
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                state = {
-                    "epoch": epoch,
-                    "models": {
-                        v: {k: t.cpu() for k, t in inner(v).state_dict().items()} for v in tcfg.variants
-                    },
-                    "opts": {} if tcfg.deepspeed else {v: opts[v].state_dict() for v in tcfg.variants},
-                    "metrics": metrics,
-                    "best": best,
-                }
-                torch.save(state, Path(tmp) / "state.pt")
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                with open(
-                    config["history_path"], "a"
-                ) as f:  # Ray's metrics_dataframe keeps only retained checkpoints
-                    f.write(json.dumps(metrics) + "\n")
-            ray.train.report(metrics, checkpoint=checkpoint)
+        T.report_epoch(config, rank, metrics, engines, opts, bool(tcfg.deepspeed), best=best)
+
+
+def _rng_state(device: Any) -> Any:
+    import torch
+
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: Any, state: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def fit(
@@ -199,37 +218,16 @@ def fit(
     resume_from: str | None = None,
 ) -> Any:
     """One TorchTrainer run; returns Ray's Result (metrics history, last checkpoint)."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from adflow.ray_cluster import connect
-
-    p = settings.placement
-    connect(p.ray_address, num_cpus=p.num_workers)
     config = {
         "model": settings.ctr_model.model_dump(),
         "train": settings.ctr_train.model_dump(),
         "data_dir": str(Path(data_dir).resolve()),
+        "content": settings.features.content_embedding,
         "threads": 1,  # tiny models: one thread per worker beats two (FIELD-NOTES)
         "history_path": str(Path(history_path).resolve()),
         "resume_from": str(resume_from) if resume_from else None,
     }
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=p.num_workers,
-            use_gpu=p.use_gpu,
-            resources_per_worker={"GPU": p.gpus_per_worker} if p.use_gpu else {"CPU": 1},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=str(Path(storage).resolve()),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    return trainer.fit()
+    return T.fit(settings, train_loop, config, storage, name)
 
 
 def export(
@@ -243,15 +241,18 @@ def export(
     with (Path(data_dir) / "encoder.pkl").open("rb") as f:
         enc = pickle.load(f)
     state = torch.load(Path(checkpoint_dir) / "state.pt", weights_only=False)
+    tables = _load(Path(data_dir), "content_tables")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for v in settings.ctr_train.variants:
-        model = CTRModel(settings.ctr_model, v, enc.sizes(), enc.content if v == "ciubm" else None)
+        content = variant_content(v, settings.features.content_embedding, tables)
+        model = CTRModel(settings.ctr_model, v, enc.sizes(), content)
         chosen = state.get("best", {}).get(v)
         model.load_state_dict(chosen["weights"] if chosen else state["models"][v])
         path = out / f"{v}.pt"
-        torch.save(CTRPredictor(enc, model.eval()), path)
+        own = enc if content is None else dataclasses.replace(enc, content=content)
+        torch.save(CTRPredictor(own, model.eval()), path)
         paths[v] = str(path)
     return paths
 
@@ -262,7 +263,22 @@ def train(
     t0 = time.perf_counter()
     out = Path(model_dir)
     t = settings.ctr_train
-    data = prepare(features_dir, out / "tensors", settings.features.seq_len, t.shuffle_labels, t.seed)
+    data = prepare(
+        features_dir,
+        out / "tensors",
+        settings.features.seq_len,
+        t.shuffle_labels,
+        t.seed,
+        settings.features.content_embedding,
+    )
+    with np.load(data / "content_tables.npz") as z:
+        have = set(z.files)
+    usable = [v for v in t.variants if v in ("din", "ciubm") or v.removeprefix("ciubm_") in have]
+    if usable != t.variants:
+        # e.g. ciubm_moon on a data set without images (no MOON): the comparison is dropped, not the run
+        log(STAGE, f"skipping {sorted(set(t.variants) - set(usable))}: the feature set has no such embedding")
+        settings = settings.model_copy(deep=True)
+        settings.ctr_train.variants = usable
     history_path = out / "history.jsonl"
     done_before = len(history_path.read_text().splitlines()) if history_path.exists() else 0
     result = fit(settings, data, out / "ray", "ctr", history_path, resume_from)
@@ -326,7 +342,10 @@ def run(
         sr.metrics(
             {f"final_{k}": v for k, v in last.items() if k.endswith("val_auc")} | {"train_s": result.seconds}
         )
-        sr.log_file(_curves(result.history, Path(model_dir), list(s.ctr_train.variants)))
+        trained = [
+            v for v in s.ctr_train.variants if result.history and f"{v}_train_loss" in result.history[0]
+        ]
+        sr.log_file(_curves(result.history, Path(model_dir), trained))
         sr.artifact("models", model_dir)
         sr.artifact("curves", Path(model_dir) / "curves.png")
     return result
@@ -349,11 +368,11 @@ def fit_in_process(
     src = Path(features_dir)
     torch.manual_seed(settings.ctr_train.seed)
     train = pd.read_parquet(src / "train.parquet")
-    catalog = pd.read_parquet(src / "tables" / "item_content.parquet").rename(
-        columns={"text_embedding": "embedding"}
+    enc = FeatureEncoder.fit(
+        train, content_catalog(src, settings.features.content_embedding), settings.features.seq_len
     )
-    enc = FeatureEncoder.fit(train, catalog, settings.features.seq_len)
-    model = CTRModel(settings.ctr_model, variant, enc.sizes(), enc.content if variant == "ciubm" else None)
+    content = variant_content(variant, settings.features.content_embedding, content_tables(src, enc))
+    model = CTRModel(settings.ctr_model, variant, enc.sizes(), content)
     arrays = enc.transform(train)
     if flip_labels:
         arrays["label"] = 1.0 - arrays["label"]

@@ -1,0 +1,1 @@
+"""MOON pretraining, post-training, embedding and evaluation."""

@@ -1,0 +1,208 @@
+"""MOON: guided MoE routing, core-region detection, negatives, the Ray Train path (DDP and DeepSpeed ZeRO-2 on
+CPU), checkpoint/resume, the Ray Data embedding job, and the full preset's model built without weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from adflow.config import load_settings
+from adflow.data.views import batches, behaviour_pairs, duplicate_mask, hard_negatives, load_catalog, views
+from adflow.models.moon import (
+    MODALITIES,
+    MoonEncoder,
+    MoonProcessor,
+    aspect_ids,
+    box_iou,
+    fit_detector,
+    modality_ids,
+    predict_boxes,
+)
+from tests.conftest import MOON_FAST, small_settings
+
+KEYS = ["category", "colour", "style"]
+
+
+def _fast(*extra: str) -> list[str]:
+    return [*MOON_FAST, *extra]
+
+
+def test_guided_moe_routes_by_modality(small_world: Path) -> None:
+    """Image inputs go to image experts, text to text experts, both to image_text experts; free routing does not."""
+    s = small_settings(small_world.parent)
+    cat = load_catalog(small_world, KEYS)
+    assert cat.images is not None
+    proc = MoonProcessor.build(s.moon_model, cat.titles)
+    inputs = {
+        "image": ([None] * 16, cat.images[:16]),
+        "text": (cat.titles[:16], [None] * 16),
+        "image_text": (cat.titles[:16], cat.images[:16]),
+    }
+    for guided in (True, False):
+        torch.manual_seed(0)
+        model = MoonEncoder(s.moon_model.model_copy(update={"moe_guided": guided}), proc).eval()
+        tags = np.array(s.moon_model.moe_experts)
+        for kind, (texts, images) in inputs.items():
+            with torch.inference_mode():
+                emb, _aux, probs = model(
+                    proc(texts, images), modality_ids([kind] * 16), aspect_ids([None] * 16)
+                )
+            assert probs is not None and emb.shape == (16, s.moon_model.embed_dim)
+            assert torch.allclose(emb.norm(dim=-1), torch.ones(16), atol=1e-5)
+            share = float(probs[:, torch.as_tensor(tags == kind)].sum(-1).mean())
+            if guided:
+                assert share > 0.8, (kind, share)  # steered to its modality's experts
+            else:
+                assert share < 0.5, (kind, share)  # left free, nothing favours the modality
+    # an aspect adds its expert on top of the modality's
+    model = MoonEncoder(s.moon_model, proc).eval()
+    with torch.inference_mode():
+        _, _, probs = model(
+            proc(["red sport"] * 4, [None] * 4), modality_ids(["text"] * 4), aspect_ids(["attributes"] * 4)
+        )
+    assert probs is not None
+    assert float(probs[:, list(s.moon_model.moe_experts).index("attributes")].mean()) > 0.2
+    assert set(MODALITIES) <= set(s.moon_model.moe_experts)
+
+
+def test_detector_boxes_overlap_true_boxes(small_world: Path) -> None:
+    cat = load_catalog(small_world, KEYS)
+    assert cat.images is not None and cat.boxes is not None
+    train_imgs, train_boxes = views(cat, 3, seed=0)
+    n, v = train_imgs.shape[:2]
+    det, curve = fit_detector(
+        [train_imgs[i, j] for i in range(n) for j in range(v)],
+        train_boxes.reshape(-1, 4),
+        [16, 32, 64],
+        32,
+        250,
+        3e-3,
+        0,
+    )
+    held_imgs, held_boxes = views(cat, 1, seed=99, clutter=(1.0, 1.5))  # unseen photos, heavy clutter
+    pred = predict_boxes(det, list(held_imgs[:, 0]), 32)
+    iou = box_iou(torch.as_tensor(pred), torch.as_tensor(held_boxes[:, 0]))
+    # a box placed at random (the mean box) overlaps far less: the detector has learnt where products are
+    mean_box = torch.as_tensor(train_boxes.reshape(-1, 4).mean(0)).expand(len(pred), 4)
+    chance = box_iou(mean_box, torch.as_tensor(held_boxes[:, 0]))
+    print(
+        f"detector IoU on held-out cluttered photos {float(iou.mean()):.3f} (mean box: {float(chance.mean()):.3f})"
+    )
+    assert curve[-1] < curve[0]
+    assert float(iou.mean()) > 0.5 and float(iou.mean()) > float(chance.mean()) + 0.15
+    assert float((iou > 0.5).float().mean()) > 0.5
+
+
+def test_hard_negatives_are_same_category_and_never_positives(small_world: Path) -> None:
+    cat = load_catalog(small_world, KEYS)
+    rng = np.random.default_rng(0)
+    for i in range(len(cat)):
+        negs = hard_negatives(i, cat, 5, rng)
+        assert i not in negs
+        assert all(cat.categories[j] == cat.categories[i] for j in negs)
+        assert all(cat.dup_keys[j] != cat.dup_keys[i] for j in negs)  # near duplicates are not negatives
+    epoch = batches(cat, 32, 0.75, 8, rng)
+    flat = np.concatenate(epoch)
+    assert len(flat) == len(set(flat.tolist())) == len(cat)  # every item once per epoch
+    first = epoch[0][:24]  # the hard part of a batch: groups of 8 from one category
+    for g in range(0, 24, 8):
+        assert len(set(cat.categories[first[g : g + 8]])) == 1
+    m = duplicate_mask(first, first, cat)
+    assert not m.diagonal().any()  # the positive is never masked out
+    assert all(cat.dup_keys[first[a]] == cat.dup_keys[first[b]] for a, b in zip(*np.nonzero(m), strict=True))
+    # spatio-temporal negatives: shown in the same session, not clicked, not the positive
+    imps = pd.read_parquet(small_world / "impressions.parquet")
+    pairs = behaviour_pairs(small_world, cat, imps["ts"].max(), 3, 0)
+    row_of = {int(x): k for k, x in enumerate(cat.item_ids)}
+    sessions = {sid: g for sid, g in imps.groupby("session_id")}
+    assert len(pairs) > 0 and {"query", "coclick"} <= set(pairs["kind"])
+    clicked_by_session = {
+        sid: {row_of[int(x)] for x in g.loc[g["click"] == 1, "item_id"]} for sid, g in sessions.items()
+    }
+    shown_by_session = {sid: {row_of[int(x)] for x in g["item_id"]} for sid, g in sessions.items()}
+    for _, p in pairs.head(200).iterrows():
+        assert p["positive"] not in p["negatives"]
+        assert any(
+            p["positive"] in clicked_by_session[s]
+            and set(p["negatives"]) <= shown_by_session[s] - clicked_by_session[s]
+            for s in sessions
+        )
+
+
+@pytest.mark.slow
+def test_moon_trains_embeds_and_resumes(small_world: Path, tmp_path: Path) -> None:
+    """The whole stage on Ray: DDP fit of every variant, export, evaluation, Ray Data catalog embeddings; then a
+    resumed run continues after the last checkpoint instead of starting over."""
+    from components.training.moon.core import fit, train
+    from components.training.moon.evaluate import Encoder
+
+    s = small_settings(tmp_path, *_fast())
+    out = tmp_path / "moon"
+    r = train(s, small_world, out)
+    table = json.loads((out / "evaluation.json").read_text())["table"]
+    assert {"baseline", "moon", "no_moe", "no_core_region", "no_hard_negatives", "moon_pretrain"} <= set(
+        table
+    )
+    assert 0 <= r.metrics["recall_at_10_moon"] <= 1 and r.metrics["detector_iou_cluttered"] > 0.3
+    emb = pd.read_parquet(r.embeddings)
+    items = pd.read_parquet(small_world / "items.parquet")
+    assert sorted(emb["item_id"]) == sorted(items["item_id"])
+    vecs = np.stack(emb["moon_embedding"])
+    assert vecs.shape[1] == s.moon_model.embed_dim and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-4)
+    # the Ray Data job and the in-process encoder agree (same crops, same weights)
+    cat = load_catalog(small_world, KEYS)
+    assert cat.images is not None
+    local = Encoder(out / "encoders" / "moon")(cat.titles[:8], cat.images[:8], "image_text")
+    assert np.allclose(local, vecs[:8], atol=1e-4)
+    assert [h["epoch"] for h in r.history] == [0, 1, 2] and r.history[-1]["posttrain"] == 1
+    # resume: one more post-training epoch from the last checkpoint runs epoch 3 only
+    ckpt = sorted(p for p in (out / "ray" / "moon").glob("checkpoint_*") if p.is_dir())[-1]
+    s2 = small_settings(tmp_path, *_fast("moon_train.posttrain_epochs=2"))
+    res = fit(s2, out / "prepared", tmp_path / "ray2", tmp_path / "history2.jsonl", str(ckpt))
+    assert res.error is None
+    resumed = [json.loads(x) for x in (tmp_path / "history2.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in resumed] == [3]
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_on_cpu_trains(small_world: Path, tmp_path: Path) -> None:
+    """DeepSpeed ZeRO-2 over gloo inside Ray workers, on CPU: a few epochs, the loss goes down."""
+    from components.training.moon.core import fit, prepare
+
+    s = small_settings(
+        tmp_path,
+        *_fast("moon_train.pretrain_epochs=3", "moon_train.posttrain_epochs=0"),
+        "moon_train.variants=[moon]",
+    )
+    s.moon_train.deepspeed = {
+        "train_micro_batch_size_per_gpu": 16,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 2},
+        "gradient_clipping": 1.0,
+    }
+    prepare(s, small_world, tmp_path / "prepared")
+    res = fit(s, tmp_path / "prepared", tmp_path / "ray", tmp_path / "history.jsonl")
+    assert res.error is None
+    losses = [json.loads(x)["moon_loss"] for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    print("ZeRO-2 losses", losses)
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_full_preset_builds_without_weights() -> None:
+    """The full preset validates and its Qwen2.5-VL-sized model class builds on the meta device: no weights, no
+    download (on a cluster moon_model.backbone_path loads the checkpoint into the same class)."""
+    s = load_settings("full", "cluster")
+    m = s.moon_model
+    assert m.family == "qwen2_5_vl" and m.backbone_path
+    with torch.device("meta"):
+        model = MoonEncoder(m.model_copy(update={"backbone_path": None}), None)
+    n = sum(p.numel() for p in model.parameters())
+    assert type(model.backbone).__name__ == "Qwen2_5_VLModel"
+    assert 3.0e9 < n < 4.5e9, n  # Qwen2.5-VL-3B's size
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert s.moon_train.deepspeed and s.moon_train.deepspeed["zero_optimization"]["stage"] == 2
