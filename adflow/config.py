@@ -193,9 +193,9 @@ class MoonTrainConfig(Strict):
     # attributes that define what a product looks like: items agreeing on all of them are near duplicates
     # and are never each other's negatives
     duplicate_keys: list[str] = ["category", "colour", "style"]
-    spatiotemporal_negatives: int = Field(
-        2, ge=0
-    )  # per post-training pair: shown in the session, not clicked
+    # per post-training pair: shown in the same session, not clicked
+    spatiotemporal_negatives: int = Field(2, ge=0)
+    interest_pairs_per_user: int = Field(20, ge=0)  # post-training: a user's consecutive clicks (0: none)
     posttrain_steps_per_epoch: int = Field(4, ge=1)  # behaviour batches added to each post-training epoch
     views_per_item: int = Field(6, ge=1)  # augmented image views drawn per item once, reused across epochs
     detector_steps: int = Field(600, ge=1)

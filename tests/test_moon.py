@@ -117,6 +117,7 @@ def test_hard_negatives_are_same_category_and_never_positives(small_world: Path)
     assert all(cat.dup_keys[first[a]] == cat.dup_keys[first[b]] for a, b in zip(*np.nonzero(m), strict=True))
     # spatio-temporal negatives: shown in the same session, not clicked, not the positive
     imps = pd.read_parquet(small_world / "impressions.parquet")
+    cutoff = imps["ts"].quantile(0.8)
     pairs = behaviour_pairs(small_world, cat, imps["ts"].max(), 3, 0)
     row_of = {int(x): k for k, x in enumerate(cat.item_ids)}
     sessions = {sid: g for sid, g in imps.groupby("session_id")}
@@ -132,6 +133,21 @@ def test_hard_negatives_are_same_category_and_never_positives(small_world: Path)
             and set(p["negatives"]) <= shown_by_session[s] - clicked_by_session[s]
             for s in sessions
         )
+    # interest pairs: one user's consecutive clicks (different items), none after the cut-off
+    interest = behaviour_pairs(small_world, cat, cutoff, 3, 0, interest_per_user=5)
+    interest = interest[interest["kind"] == "interest"]
+    beh = pd.read_parquet(small_world / "behaviour.parquet")
+    beh = beh[(beh["event_type"] == "click") & (beh["ts"] < cutoff)].sort_values(
+        ["user_id", "ts"], kind="stable"
+    )
+    consecutive = {
+        (row_of[int(a)], row_of[int(b)])
+        for _, g in beh.groupby("user_id")
+        for a, b in zip(g["item_id"], g["item_id"].iloc[1:], strict=False)
+    }
+    assert len(interest) > 0 and (interest["anchor"] != interest["positive"]).all()
+    assert all((a, b) in consecutive for a, b in zip(interest["anchor"], interest["positive"], strict=True))
+    assert len(interest) <= 5 * beh["user_id"].nunique()  # at most interest_per_user per user
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,12 +176,20 @@ def duplicate_mask(queries: np.ndarray, candidates: np.ndarray, catalog: Catalog
 
 
 def behaviour_pairs(
-    dataset: str | Path, catalog: Catalog, before: pd.Timestamp, n_negatives: int, seed: int
+    dataset: str | Path,
+    catalog: Catalog,
+    before: pd.Timestamp,
+    n_negatives: int,
+    seed: int,
+    interest_per_user: int = 0,
 ) -> pd.DataFrame:
-    """Post-training pairs from impressions before `before` (never the test period):
+    """Post-training pairs from impressions and behaviour before `before` (never the test period):
 
     - query: the search text -> the clicked item; negatives: items shown in the same session, not clicked;
-    - coclick: an item clicked in a session -> another item clicked in that session.
+    - coclick: an item clicked in a session -> another item clicked in that session;
+    - interest: an item a user clicked -> the next different item that user clicked (behaviour log), up to
+      `interest_per_user` per user: content-interest alignment in the MIM paper's sense, since what one
+      user clicks shares that user's taste (category, colour, style); no explicit negatives.
     Columns: kind, text, anchor (row of the catalog or -1), positive (row), negatives (list of rows).
     """
     root = Path(dataset)
@@ -224,4 +233,18 @@ def behaviour_pairs(
                             "negatives": [int(j) for j in negs],
                         }
                     )
+    beh_path = root / "behaviour.parquet"
+    if interest_per_user > 0 and beh_path.exists():
+        beh = pd.read_parquet(beh_path, columns=["ts", "user_id", "item_id", "event_type"])
+        beh = beh[(beh["event_type"] == "click") & (beh["ts"] < before) & beh["item_id"].isin(row_of)]
+        beh = beh.sort_values(["user_id", "ts"], kind="stable")
+        for _, g in beh.groupby("user_id", sort=True):
+            seq = [row_of[int(i)] for i in g["item_id"]]
+            nxt = [(a, b) for a, b in itertools.pairwise(seq) if a != b]
+            if len(nxt) > interest_per_user:
+                nxt = [nxt[k] for k in sorted(rng.choice(len(nxt), interest_per_user, replace=False))]
+            rows += [
+                {"kind": "interest", "text": None, "anchor": a, "positive": b, "negatives": []}
+                for a, b in nxt
+            ]
     return pd.DataFrame(rows, columns=["kind", "text", "anchor", "positive", "negatives"])

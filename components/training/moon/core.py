@@ -124,7 +124,9 @@ def prepare(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dic
         ).reshape(n, v, size, size, 3)
     np.savez(out / "images.npz", **arrays)
     cutoff = training_cutoff(dataset, settings.features.split_quantile)
-    pairs = behaviour_pairs(dataset, cat, cutoff, t.spatiotemporal_negatives, t.seed)
+    pairs = behaviour_pairs(
+        dataset, cat, cutoff, t.spatiotemporal_negatives, t.seed, t.interest_pairs_per_user
+    )
     pairs.to_parquet(out / "pairs.parquet", index=False)
     meta = {
         "item_ids": cat.item_ids.tolist(),
@@ -139,6 +141,7 @@ def prepare(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dic
     info |= {
         "pairs_query": int((pairs["kind"] == "query").sum()),
         "pairs_coclick": int((pairs["kind"] == "coclick").sum()),
+        "pairs_interest": int((pairs["kind"] == "interest").sum()),
     }
     log(STAGE, f"prepared {len(cat)} items x {v} views, {len(pairs)} behaviour pairs (before {cutoff})")
     return info

@@ -1,0 +1,69 @@
+"""CreativePair examples for Creative4U: the prompt, both creative images, the target answer, in both orders.
+
+Every pair of the data set becomes two examples, creative A and B in one order and then swapped, joined by
+`pair_key` and told apart by `swapped`: supervised fine-tuning sees each creative in both slots (a selector
+must not learn "A usually wins"), and GRPO's consistency reward compares the two orders' verdicts. The
+swapped example's label is mirrored and its rationale re-derived from the creatives' design factors for the
+swapped order, so it names the same deciding factor in the other slot.
+
+Columns: pair_key, swapped, split, item_id, prompt (text), images (two paths: the first is "A"), label,
+deciding_factor, completion (`<think>rationale</think><answer>X</answer>`, the CoT-SFT target).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from adflow.contract import read_table
+from adflow.data.world import PROTOCOL, pair_rationale, pair_verdict
+
+QUESTION = "Which creative should this user be shown? Think it through, then answer A or B."
+
+
+def prompt(title: str, interests: str) -> str:
+    """The selector's question: the protocol, the user, the product, the two creatives (in image order)."""
+    return f"{PROTOCOL}\nUser: {interests}.\nProduct: {title}.\nCreative A: <image>\nCreative B: <image>\n{QUESTION}"
+
+
+def answer(rationale: str, label: str) -> str:
+    return f"<think>{rationale}</think><answer>{label}</answer>"
+
+
+def pair_examples(dataset: str | Path, splits: tuple[str, ...] = ("train",)) -> pd.DataFrame:
+    """Both orders of every CreativePair in `splits` (train / test / test_unseen)."""
+    root = Path(dataset)
+    if not (root / "creative_pairs.parquet").exists():
+        raise FileNotFoundError(f"{root} has no creative_pairs table: Creative4U needs labelled pairs")
+    pairs = read_table(root, "creative_pairs")
+    pairs = pairs[pairs["split"].isin(splits)]
+    creatives = read_table(root, "creatives").set_index("creative_id")
+    titles = read_table(root, "items").set_index("item_id")["title"]
+    factor_cols = ["prominence", "clutter", "legibility", "theme"]
+    rows = []
+    for p in pairs.itertuples(index=False):
+        fa = creatives.loc[p.creative_a, factor_cols].to_dict()
+        fb = creatives.loc[p.creative_b, factor_cols].to_dict()
+        text = prompt(str(titles.get(p.item_id, "")), str(p.user_interests))
+        for swapped, (first, second, f1, f2) in enumerate(
+            ((p.creative_a, p.creative_b, fa, fb), (p.creative_b, p.creative_a, fb, fa))
+        ):
+            label, deciding, _ = pair_verdict(f1, f2, str(p.user_segment))
+            rows.append(
+                {
+                    "pair_key": int(p.pair_id),
+                    "swapped": bool(swapped),
+                    "split": p.split,
+                    "item_id": int(p.item_id),
+                    "prompt": text,
+                    "images": [
+                        str(root / creatives.loc[first, "image_path"]),
+                        str(root / creatives.loc[second, "image_path"]),
+                    ],
+                    "label": label,
+                    "deciding_factor": deciding,
+                    "completion": answer(pair_rationale(f1, f2, str(p.user_segment)), label),
+                }
+            )
+    return pd.DataFrame(rows)
