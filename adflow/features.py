@@ -185,9 +185,9 @@ def build_tables(
             "moon_embedding": moon_column(items["item_id"], moon_embeddings),
         }
     )
-    if cfg.content_embedding == "moon" and moon_embeddings is None:
+    if "moon" in cfg.content_embedding and moon_embeddings is None:
         raise ValueError(
-            "features.content_embedding is 'moon' but this run has no MOON embeddings "
+            f"features.content_embedding is '{cfg.content_embedding}' but this run has no MOON embeddings "
             "(moon_train.enabled is false, or the data set has no item images): use 'text'"
         )
 

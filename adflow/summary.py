@@ -36,6 +36,7 @@ HEADLINE = {
         "lead_vs_din_cold_auc_hi",
         "champion_gauc",
         "ciubm_moon_auc",
+        "ciubm_text_moon_auc",
         "exchange_rate_auc",
     ),
     "register": ("version", "champion_version"),

@@ -53,7 +53,8 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert 0 < moon.metrics["recall_at_10_moon"] <= 1 and 0 < moon.metrics["recall_at_10_baseline"] <= 1
     assert moon.note and moon.note.startswith("image-search recall@10")
     gate_m = stages["gate"].metrics
-    assert 0.5 < gate_m["ciubm_moon_auc"] < 1 and "exchange_rate_auc" in gate_m
+    assert 0.5 < gate_m["ciubm_moon_auc"] < 1 and 0.5 < gate_m["ciubm_text_moon_auc"] < 1
+    assert "exchange_rate_auc" in gate_m and "text_moon_cold_auc_gain" in gate_m
     x = (gate_m["ciubm_moon_auc"] - gate_m["ciubm_auc"]) / gate_m["recall_gain"]
     assert gate_m["exchange_rate_auc"] == pytest.approx(x, rel=1e-6)
     assert Path(stages["validate"].artifacts["data_docs"]).is_file()

@@ -148,6 +148,11 @@ def exchange_rate(
         gain = by_source["moon"][k] - by_source["text"][k]
         out[f"{k}_gain"] = gain
         out[f"exchange_rate_{k}"] = gain / d_recall if abs(d_recall) > 1e-9 else math.nan
+    if "text_moon" in by_source:  # MOON added beside the text embedding rather than replacing it
+        for k in ("auc", "gauc", "cold_auc"):
+            out[f"text_moon_{k}_gain"] = by_source["text_moon"].get(k, math.nan) - by_source["text"].get(
+                k, math.nan
+            )
     return out
 
 
@@ -160,7 +165,14 @@ def _exchange_lines(d: GateDecision) -> list[str]:
         f"Exchange rate (MOON vs baseline encoder): image-search recall@{k} {x['recall_gain']:+.4f} buys "
         f"CiUBM AUC {x['auc_gain']:+.4f} and GAUC {x['gauc_gain']:+.4f}: ΔAUC/Δrecall "
         f"{x['exchange_rate_auc']:+.3f}, ΔGAUC/Δrecall {x['exchange_rate_gauc']:+.3f}."
-    ]
+    ] + (
+        [
+            f"MOON beside MiniLM (CiUBM on both) vs MiniLM alone: AUC {x['text_moon_auc_gain']:+.4f}, "
+            f"GAUC {x['text_moon_gauc_gain']:+.4f}, cold-start AUC {x['text_moon_cold_auc_gain']:+.4f}."
+        ]
+        if "text_moon_auc_gain" in x
+        else []
+    )
 
 
 def _versus_lines(d: GateDecision) -> list[str]:

@@ -39,19 +39,26 @@ class TrainResult:
     seconds: float = 0.0
 
 
-EMBEDDINGS = ("text", "moon")  # item_content columns <name>_embedding
+# what CiUBM can read: an item_content column <name>_embedding, or "text_moon", both side by side
+EMBEDDINGS = ("text", "moon", "text_moon")
 
 
 def content_catalog(features_dir: str | Path, embedding: str) -> pd.DataFrame:
-    """item_id, category, embedding: the catalog's `embedding` vectors from the feature tables."""
+    """item_id, category, embedding: the catalog's `embedding` vectors from the feature tables (unit length;
+    "text_moon" joins MiniLM's and MOON's, each unit length, scaled so the whole is)."""
     cat = pd.read_parquet(Path(features_dir) / "tables" / "item_content.parquet")
-    col = f"{embedding}_embedding"
-    if col not in cat or any(len(e) == 0 for e in cat[col]):
-        raise ValueError(
-            f"the feature set has no {embedding} embedding for every item ({col}); "
-            "was the MOON stage skipped? (features.content_embedding / ctr_train.variants)"
-        )
-    return cat[["item_id", "category", col]].rename(columns={col: "embedding"})
+    parts = []
+    for name in embedding.split("_"):
+        col = f"{name}_embedding"
+        if col not in cat or any(len(e) == 0 for e in cat[col]):
+            raise ValueError(
+                f"the feature set has no {name} embedding for every item ({col}); "
+                "was the MOON stage skipped? (features.content_embedding / ctr_train.variants)"
+            )
+        emb = np.stack([np.asarray(e, np.float32) for e in cat[col]])
+        parts.append(emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9))
+    joined = np.hstack(parts) / np.sqrt(len(parts))
+    return pd.DataFrame({"item_id": cat["item_id"], "category": cat["category"], "embedding": list(joined)})
 
 
 def content_tables(features_dir: str | Path, enc: Any) -> dict[str, np.ndarray]:

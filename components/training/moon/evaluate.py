@@ -5,7 +5,8 @@
   product (image + title); a hit is the same product within the top K.
 - Text -> image: the title finds the product's image among all images.
 - Category classification: "category: lamp" prompts (the category aspect, trained in pretraining) against
-  product images; zero-shot attribute prediction: "red" / "sport" prompts, never a training query alone.
+  the product (image + title) and against its photo alone; zero-shot attribute prediction from the photo:
+  "red" / "sport" prompts, never a training query on their own.
 - Baseline: what a team has without MOON. Images: an 8x8 colour thumbnail (no pretrained vision model can be
   installed offline); text: the MiniLM embedding in Feast (it cannot read images, so it has no image search).
 """
@@ -140,9 +141,10 @@ def evaluate(
         for k, r in recall_at_k(enc(cat.titles, None, "text"), img_only, np.arange(len(cat)), ks).items():
             row[f"text_image_r{k}"] = r
         prompts = enc([f"category: {c}" for c in cats], None, "text", "category")
-        row["category_acc"] = prompt_accuracy(
-            img_only, prompts, np.array([cats.index(c) for c in cat.categories])
-        )
+        cat_labels = np.array([cats.index(c) for c in cat.categories])
+        # the product (image + title, as MOON embeds it for search) and the photo alone
+        row["category_acc_product"] = prompt_accuracy(gallery, prompts, cat_labels)
+        row["category_acc_image"] = prompt_accuracy(img_only, prompts, cat_labels)
         for key in duplicate_keys:
             if key == "category":
                 continue
