@@ -242,11 +242,12 @@ def train_loop(config: dict[str, Any]) -> None:
     pairs = pd.read_parquet(data / "pairs.parquet")
     config = {**config, "views_per_item": imgs["views_raw"].shape[1]}
     device = ray.train.torch.get_device()
-    torch.manual_seed(tcfg.seed)
     flags = {v: config["flags"][v] for v in tcfg.variants}
     engines: dict[str, Any] = {}
     opts: dict[str, Any] = {}
     for v in tcfg.variants:
+        # every variant from the same seed: an ablation differs from MOON by its switch, not by its init
+        torch.manual_seed(tcfg.seed)
         model = MoonEncoder(mcfg, processor, moe=flags[v]["moe"])
         opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         # unused experts' parameters get no gradient on some batches
