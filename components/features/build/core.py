@@ -25,7 +25,7 @@ def moon_embeddings(moon_dir: str | Path | None) -> Path | None:
     if moon_dir is None or not (Path(moon_dir) / "moon.json").exists():
         return None
     served = json.loads((Path(moon_dir) / "moon.json").read_text())
-    return Path(served["embeddings"]) if served.get("embeddings") else None
+    return Path(moon_dir) / served["embeddings"] if served.get("embeddings") else None
 
 
 def build(

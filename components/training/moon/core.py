@@ -472,7 +472,7 @@ def train(
     t_eval = time.perf_counter()
     ev = evaluate(dataset, encoders, t.duplicate_keys, t.recall_k, t.eval_queries_per_item, t.seed)
     eval_s = time.perf_counter() - t_eval
-    plots = write_report(out, ev, t.recall_k)
+    write_report(out, ev, t.recall_k)  # report.md and its plots, beside the encoders; run() logs them
     (out / "evaluation.json").write_text(json.dumps(ev, indent=2))
     t_embed = time.perf_counter()
     served = "moon" if "moon" in encoders else next(iter(encoders))
@@ -498,7 +498,8 @@ def train(
     metrics |= {k2: float(v) for k2, v in info.items() if isinstance(v, int | float)}
     summary = {
         "served": served,
-        "embeddings": str(out / "embeddings.parquet"),
+        # relative: on a cluster the next step gets this folder under another path
+        "embeddings": "embeddings.parquet",
         "recall_k": k,
         "image_recall": {n: row[f"image_r{k}"] for n, row in ev["table"].items()},
     }
@@ -508,7 +509,6 @@ def train(
         STAGE,
         f"recall@{k} MOON {metrics[f'recall_at_{k}_moon']:.3f} vs baseline {metrics[f'recall_at_{k}_baseline']:.3f} ({seconds:.0f}s)",
     )
-    del plots  # written beside the report; run() copies them to MLflow
     return MoonResult(str(out), str(out / "embeddings.parquet"), metrics, history, None, seconds)
 
 
