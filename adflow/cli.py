@@ -438,6 +438,9 @@ def ab_conclude(
 def serve(
     experiment: Annotated[str | None, typer.Option(help="the A/B experiment the router serves")] = None,
     dataset: Annotated[Path | None, typer.Option(help="dataset folder (default: the latest run's)")] = None,
+    selector: Annotated[
+        Path | None, typer.Option(help="Creative4U selector behind /explain (default: the latest run's)")
+    ] = None,
     port: Annotated[int, typer.Option(help="router port on 127.0.0.1")] = 3000,
     simulate_requests: Annotated[
         int, typer.Option("--simulate", help="send this many simulated requests, report, and stop")
@@ -450,7 +453,8 @@ def serve(
     import json
     import time
 
-    from adflow.summary import latest_dataset
+    from adflow.creative.choose import selector_folder
+    from adflow.summary import latest_dataset, latest_selector
     from serving.core import ServeConfig
     from serving.launch import ServeError
     from serving.launch import serve as launch
@@ -465,8 +469,13 @@ def serve(
         preload = sorted({a.model for a in exp.arms})
     else:
         preload = ["champion"]
+    chosen = str(selector) if selector else latest_selector(s.placement.runs_dir)
+    if selector and selector_folder(selector) is None:
+        typer.secho(f"error: {selector} holds no trained Creative4U selector", fg="red", err=True)
+        raise typer.Exit(2)
+    folder = selector_folder(chosen)
     cfg = ServeConfig(s.placement.model_dump_json(), data, s.registry.model_name, experiment=experiment,
-                      preload=preload)  # fmt: skip
+                      preload=preload, selector=str(folder) if folder else None)  # fmt: skip
     work = s.placement.workspace_path() / "serve"
     try:
         with launch(cfg, work, port) as url:

@@ -19,6 +19,16 @@ HEADLINE = {
     "synth": ("rows_impressions", "click_rate", "oracle_auc", "cold_start_items"),
     "ingest": ("rows_items", "rows_impressions"),
     "validate": ("expectations_evaluated", "expectations_failed", "rows_validated"),
+    "creative": (
+        "random_accuracy",
+        "sft_accuracy",
+        "sft_grpo_accuracy",
+        "sft_grpo_swap_consistency",
+        "tournament_best_hit",
+        "tournament_chance",
+        "scorer_agreement_with_selector",
+        "train_s",
+    ),
     "moon": ("recall_at_10_moon", "recall_at_10_baseline", "detector_iou_cluttered", "train_s"),
     "features": ("rows_joined", "rows_train_split", "rows_test_split"),
     "train_ctr": ("final_ciubm_val_auc", "final_din_val_auc", "train_s"),
@@ -137,6 +147,17 @@ def latest_dataset(runs_dir: str | Path) -> str | None:
     for st in json.loads(path.read_text())["stages"]:
         if st["name"] in ("synth", "ingest") and st["artifacts"].get("dataset"):
             return str(st["artifacts"]["dataset"])
+    return None
+
+
+def latest_selector(runs_dir: str | Path) -> str | None:
+    """The latest run's Creative4U stage output (its trained selector), if that stage trained one."""
+    path = Path(runs_dir) / "latest" / "summary.json"
+    if not path.exists():
+        return None
+    for st in json.loads(path.read_text())["stages"]:
+        if st["name"] == "creative" and st["artifacts"].get("creative"):
+            return str(st["artifacts"]["creative"])
     return None
 
 

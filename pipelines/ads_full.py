@@ -4,7 +4,8 @@
     adflow run --preset full --placement cluster     # submit to Kubeflow (compiled with the placement's image)
     make compile                                     # build/pipelines/ads_full.yaml
 
-Stages so far: synthesise the world (or ingest/import a data set) -> validate every table -> MOON pretraining,
+Stages so far: synthesise the world (or ingest/import a data set) -> validate every table -> Creative4U selector
+(CoT-SFT, GRPO, evaluation, tournament, distilled fast scorer) -> MOON pretraining,
 post-training and catalog embeddings on Ray -> Feast features (text and MOON embeddings) -> CiUBM + DIN on Ray Train -> offline gate vs the champion -> (only if it passes) MLflow registry
 -> serve champion and challenger, simulated A/B test through the router.
 (No `from __future__ import annotations` here: KFP reads the pipeline's annotations at definition time.)
@@ -20,6 +21,7 @@ from components.deploy.abtest.component import abtest
 from components.evaluation.gate.component import gate
 from components.features.build.component import features
 from components.registry.register.component import register
+from components.training.creative.component import creative
 from components.training.ctr.component import train_ctr
 from components.training.moon.component import moon
 from components.validation.validate.component import validate
@@ -36,6 +38,11 @@ STAGES = (
     Stage("synth", "data", "generate the synthetic ad world"),
     Stage("ingest", "data", "copy or import a data set into the contract"),
     Stage("validate", None, "Great Expectations over every table; stops the run on failure"),
+    Stage(
+        "creative",
+        None,
+        "Creative4U selector: CoT-SFT then GRPO (TRL on Ray), evaluation, tournament, fast scorer",
+    ),
     Stage("moon", None, "MOON pretraining + post-training on Ray Train, evaluation, catalog embeddings"),
     Stage("features", None, "Feast feature tables, apply, materialize; point-in-time training set"),
     Stage("train_ctr", None, "CiUBM and DIN on Ray Train"),
@@ -63,6 +70,11 @@ def ads_full(
         settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id, dataset=dataset
     )
     checked.set_display_name("validate")
+    selector = creative(
+        settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id, dataset=dataset
+    )
+    selector.after(checked)
+    selector.set_display_name("creative")
     represented = moon(
         settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id, dataset=dataset
     )
@@ -102,4 +114,5 @@ def ads_full(
             parent_run_id=parent_run_id,
             dataset=dataset,
             challenger_version=registered.output,
+            selector=selector.outputs["selector"],
         ).set_display_name("abtest")

@@ -56,6 +56,9 @@ class ServeConfig:
     preload: list[str] = field(default_factory=lambda: ["champion"])  # model refs loaded at start-up
     torch_threads: int = 1
     device: str = "auto"  # auto: cuda when the node has a GPU (the ranker's declared resource), else cpu
+    # the Creative4U selector (a creative stage's output or the selector folder): backs `explain`; None: the
+    # fast scorer's factor-by-factor view
+    selector: str | None = None
 
     def placement(self) -> Placement:
         return Placement.model_validate_json(self.placement_json)

@@ -112,16 +112,20 @@ class Ranker:
 @bentoml.service(name="adflow-creative", workers=1, traffic={"timeout": 30})
 class Creative:
     """Which creative to show for (user, item), and why. The fast scorer is the CTR model itself (it reads the
-    creative's design factors); the Creative4U selector takes over `explain` once it is registered."""
+    creative's design factors); `explain` asks the Creative4U selector (a pairwise tournament over the item's
+    creatives, with its reasoning) when the serving config names one."""
 
     def __init__(self) -> None:
         import torch
 
+        from adflow.creative.choose import Chooser, selector_folder
         from serving.core import Ranker as Core
 
         cfg = _cfg()
         torch.set_num_threads(cfg.torch_threads)
         self.core = Core(cfg.placement(), cfg.dataset, cfg.model_name, cfg.feast_dir, cfg.device)
+        folder = selector_folder(cfg.selector)
+        self.chooser = Chooser(folder, cfg.dataset, self.core.pool.device) if folder else None
 
     def _creatives(self, model: str, user_id: int, item_id: int, at: float | None) -> tuple[int, Any]:
         try:
@@ -146,8 +150,20 @@ class Creative:
         from serving.core import explain_choice
 
         version, table = self._creatives(model, user_id, item_id, at)
-        return {"item_id": item_id, "model_version": version, "selector": "ctr-fast-scorer",
-                **explain_choice(table)}  # fmt: skip
+        fast = explain_choice(table)
+        if self.chooser is None:
+            return {"item_id": item_id, "model_version": version, "selector": "ctr-fast-scorer", **fast}
+        choice = self.chooser.choose(user_id, item_id)  # the ids were checked by the fast path above
+        return {
+            "item_id": item_id,
+            "model_version": version,
+            "selector": "creative4u",
+            "creative_id": choice.creative_id,
+            "points": {str(k): v for k, v in choice.points.items()},
+            "rationale": choice.explanation,
+            "fast_scorer_choice": fast["creative_id"],
+            "agrees_with_fast_scorer": choice.creative_id == fast["creative_id"],
+        }
 
 
 @bentoml.service(name="adflow-router", workers=1, traffic={"timeout": 30, "max_concurrency": 256})

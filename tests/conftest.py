@@ -23,6 +23,7 @@ SMALL = [
     "ctr_train.epochs=8",
     "ab.enabled=false",  # the deploy branch's A/B test: on in test_synth_run_end_to_end and test_serving only
     "moon_train.enabled=false",  # MOON: on in test_moon and the first run of test_synth_run_end_to_end
+    "creative_train.enabled=false",  # Creative4U: on in the first run of test_synth_run_end_to_end
 ]
 # MOON at test size: a few epochs on the small world (the stage's code path, not its quality)
 MOON_FAST = [
@@ -33,6 +34,20 @@ MOON_FAST = [
     "moon_train.batch_size=32",
     "moon_train.views_per_item=2",
     "moon_train.detector_steps=60",
+]
+
+# Creative4U at test size: the whole stage (SFT, GRPO, evaluation, tournament, scorer) on the small world
+CREATIVE_FAST = [
+    "creative_train.enabled=true",
+    "creative_train.num_workers=1",
+    "creative_train.threads=2",
+    "creative_train.vision_warmup_steps=40",
+    "creative_train.sft_epochs=8",  # ~270 examples: 8 epochs learn the verdict format
+    "creative_train.grpo_steps=6",
+    "creative_train.grpo_prompts_per_step=2",
+    "creative_train.num_generations=4",
+    "creative_train.tournament_limit=12",
+    "creative_train.distill_pairs=40",
 ]
 
 

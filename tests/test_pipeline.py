@@ -14,7 +14,7 @@ from adflow.registry import CHALLENGER, CHAMPION, alias_version, history
 from adflow.runner import run_pipeline
 from adflow.tracking import client
 
-from .conftest import MOON_FAST, small_settings
+from .conftest import CREATIVE_FAST, MOON_FAST, small_settings
 from .movielens_export import export
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,9 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_synth_run_end_to_end(tmp_path: Path) -> None:
-    s = small_settings(tmp_path, "ab.enabled=true", "ab.requests=150", "ab.rate_per_s=50", *MOON_FAST)
+    s = small_settings(
+        tmp_path, "ab.enabled=true", "ab.requests=150", "ab.rate_per_s=50", *MOON_FAST, *CREATIVE_FAST
+    )
     summary = run_pipeline(s, show=False)
     assert summary.status == "succeeded", summary.error
     stages = {st.name: st for st in summary.stages}
@@ -37,6 +39,7 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
         "synth",
         "ingest",
         "validate",
+        "creative",
         "moon",
         "features",
         "train_ctr",
@@ -58,6 +61,17 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     x = (gate_m["ciubm_moon_auc"] - gate_m["ciubm_auc"]) / gate_m["recall_gain"]
     assert gate_m["exchange_rate_auc"] == pytest.approx(x, rel=1e-6)
     assert Path(stages["validate"].artifacts["data_docs"]).is_file()
+    # Creative4U: SFT then GRPO ran; held-out accuracy for random, SFT-only and SFT+GRPO, swap consistency;
+    # the selector answers in the verdict format after a few SFT epochs; its artifacts serve the next steps
+    cr = stages["creative"]
+    assert cr.status == "succeeded" and cr.note and cr.note.startswith("held-out accuracy random")
+    for name in ("random", "sft", "sft_grpo"):
+        assert 0 <= cr.metrics[f"{name}_accuracy"] <= 1 and 0 <= cr.metrics[f"{name}_swap_consistency"] <= 1
+    assert cr.metrics["sft_format_validity"] > 0.9
+    assert cr.metrics["tournament_n"] == 12 and cr.metrics["tournament_chance"] == pytest.approx(1 / 3)
+    out = Path(cr.artifacts["creative"])
+    assert (out / "selector" / "selector.json").is_file() and (out / "scorer.json").is_file()
+    assert (out / "report.md").read_text().count("| sft") == 2
     assert all(st.duration_s and st.duration_s > 0 for st in summary.stages if st.status == "succeeded")
     run_json = tmp_path / "runs" / summary.run_id / "summary.json"
     latest = tmp_path / "runs" / "latest" / "summary.json"
@@ -84,6 +98,11 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert ab.metrics["srm_p"] > 0.001 and ab.metrics["p_value"] > 0.05  # A/A: no difference, split healthy
     assert 0 < ab.metrics["champion_ctr"] < 0.5 and 0 < ab.metrics["challenger_ctr"] < 0.5
     assert Path(ab.artifacts["report"]).is_file()
+    # `/explain` through the router was answered by the Creative4U selector the creative stage trained
+    assert ab.metrics["explain_creative4u"] == 1
+    example = json.loads((Path(ab.artifacts["report"]).parent / "explain_example.json").read_text())
+    assert example["selector"] == "creative4u" and example["rationale"]
+    assert example["creative_id"] in {int(k) for k in example["points"]}
     assert not [p for p in psutil.process_iter(["cmdline"]) if "bentoml" in " ".join(p.info["cmdline"] or [])]
 
     # the same world again (without MOON this time: CiUBM on text trains the same whether or not a MOON
@@ -110,12 +129,16 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
 
 def test_import_branch_runs_instead_of_synth(small_world: Path, tmp_path: Path) -> None:
     ml = export(small_world, tmp_path / "ml-100k")
-    s = small_settings(tmp_path, "data.source=movielens", f"data.path={ml}", "ctr_train.epochs=1", *MOON_FAST)
+    s = small_settings(
+        tmp_path, "data.source=movielens", f"data.path={ml}", "ctr_train.epochs=1", *MOON_FAST, *CREATIVE_FAST
+    )
     summary = run_pipeline(s, show=False)
     stages = {st.name: st for st in summary.stages}
     assert summary.status == "succeeded", summary.error
     # MovieLens has no item images: MOON says so and steps aside, CiUBM reads the text embedding
     assert stages["moon"].status == "succeeded" and "no item images" in (stages["moon"].note or "")
+    # nor creative pairs: Creative4U steps aside too, and says why
+    assert stages["creative"].status == "succeeded" and "no creative_pairs" in (stages["creative"].note or "")
     assert "ciubm_moon_auc" not in stages["gate"].metrics and "ciubm_auc" in stages["gate"].metrics
     assert stages["synth"].status == "skipped" and stages["ingest"].status == "succeeded"
     assert stages["ingest"].metrics["rows_impressions"] == len((ml / "u.data").read_text().splitlines())

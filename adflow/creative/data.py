@@ -67,3 +67,22 @@ def pair_examples(dataset: str | Path, splits: tuple[str, ...] = ("train",)) -> 
                 }
             )
     return pd.DataFrame(rows)
+
+
+def user_interests(dataset: str | Path) -> dict[int, str]:
+    """A user's interest summary as the selector reads it: from the creative pairs where the user has one,
+    else the segment alone (users table)."""
+    root = Path(dataset)
+    out: dict[int, str] = {}
+    users = root / "users.parquet"
+    if users.exists():
+        u = read_table(root, "users")
+        if "segment" in u.columns:
+            out = {
+                int(i): f"segment: {str(s).replace('_', ' ')}"
+                for i, s in zip(u["user_id"], u["segment"], strict=True)
+            }
+    if (root / "creative_pairs.parquet").exists():
+        p = read_table(root, "creative_pairs").drop_duplicates("user_id", keep="last")
+        out |= {int(i): str(t) for i, t in zip(p["user_id"], p["user_interests"], strict=True)}
+    return out

@@ -141,29 +141,31 @@ def content_score(
     return np.asarray(c * 0.6)
 
 
-def _degree(x: float) -> str:
-    x = abs(x)
-    return "much" if x > 0.45 else "clearly" if x > 0.2 else "slightly"
+LEVELS = {  # what the protocol says about one creative: (upper bounds, words) per design factor
+    "prominence": ((0.48, 0.72), ("product small", "product medium", "product large")),
+    "clutter": ((1 / 3, 2 / 3), ("background clean", "some clutter", "background busy")),
+    "legibility": ((1 / 3, 2 / 3), ("text faint", "text readable", "text crisp")),
+}
+
+
+def describe_creative(f: dict[str, object]) -> str:
+    """One creative by the protocol, in words: each factor's level, then the colour theme."""
+    words = []
+    for factor, (bounds, names) in LEVELS.items():
+        x = float(f[factor])  # type: ignore[arg-type]
+        words.append(names[sum(x >= b for b in bounds)])
+    return ", ".join([*words, f"{f['theme']} theme"])
 
 
 def pair_rationale(a: dict[str, object], b: dict[str, object], segment: str) -> str:
-    """A chain-of-thought rationale from the ground truth: every factor compared, the decisive one named."""
+    """A chain-of-thought rationale from the ground truth: each creative assessed by the protocol, then the
+    decisive factor named. Each creative is described on its own (levels, not "A is larger than B"): a
+    selector can read one creative's level from its image, and then weigh levels in its reasoning."""
     label, deciding, _ = pair_verdict(a, b, segment)
-    fav = FAVOURITE_THEME[segment]
-    parts = [f"The user is {SEGMENT_TEXT[segment]}."]
-    dp = float(a["prominence"]) - float(b["prominence"])  # type: ignore[arg-type]
-    parts.append(f"Product prominence: {'A' if dp > 0 else 'B'} shows the product {_degree(dp)} larger.")
-    dc = float(a["clutter"]) - float(b["clutter"])  # type: ignore[arg-type]
-    parts.append(f"Background clutter: {'B' if dc > 0 else 'A'} is {_degree(dc)} cleaner.")
-    dl = float(a["legibility"]) - float(b["legibility"])  # type: ignore[arg-type]
-    parts.append(f"Text legibility: {'A' if dl > 0 else 'B'}'s text is {_degree(dl)} easier to read.")
-    ta, tb = a["theme"], b["theme"]
-    if (ta == fav) != (tb == fav):
-        parts.append(f"Colour theme: {'A' if ta == fav else 'B'} uses the {fav} theme this user prefers.")
-    else:
-        parts.append(f"Colour theme: A is {ta}, B is {tb}; neither settles it for this user.")
-    parts.append(f"Deciding factor: {FACTOR_TEXT[deciding]}, which favours {label}.")
-    return " ".join(parts)
+    return (
+        f"The user is {SEGMENT_TEXT[segment]}. A: {describe_creative(a)}. B: {describe_creative(b)}. "
+        f"Deciding factor: {FACTOR_TEXT[deciding]}, which favours {label}."
+    )
 
 
 # ---------------------------------------------------------------- generation

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from adflow.config import MoonModelConfig
+from adflow.config import MoonModelConfig, VLBackboneConfig
 
 MODALITIES = ("image", "text", "image_text")
 ASPECTS = ("category", "attributes")
@@ -38,22 +38,36 @@ MERGE = 2  # Qwen2-VL merges 2x2 patches into one LLM token
 # ---------------------------------------------------------------- tokenizer, image processor
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
-    """A byte-level BPE over the catalog's own words, with Qwen2-VL's special tokens (tiny preset, offline)."""
+def train_tokenizer(
+    texts: Sequence[str],
+    vocab_size: int,
+    *,
+    lowercase: bool = True,
+    phrases: bool = False,
+    extra_special: Sequence[str] = (),
+    eos: str = EOS,
+    max_token_length: int | None = None,
+) -> Any:
+    """A byte-level BPE over the world's own text, with Qwen2-VL's special tokens (tiny preset, offline).
+
+    `phrases`: merges may cross spaces, so a phrase the corpus repeats becomes one token. Generated answers
+    (Creative4U's rationales) are then a few dozen tokens, not a hundred: generation on CPU costs per token.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not phrases)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[PAD, EOS, *VISION],
+        special_tokens=[PAD, EOS, *VISION, *extra_special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
+        max_token_length=max_token_length,
     )
-    tok.train_from_iterator([t.lower() for t in texts], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS)
+    tok.train_from_iterator([t.lower() if lowercase else t for t in texts], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=eos)
 
 
 class MoonProcessor:
@@ -158,8 +172,19 @@ def _as_pil(im: Image.Image | np.ndarray, size: int) -> Image.Image:
 # ---------------------------------------------------------------- backbone
 
 
+class VisionTokens(Protocol):
+    """What a backbone config needs from a processor: its tokenizer and the ids of its special tokens."""
+
+    tok: Any
+    eos: int
+    vision_start: int
+    vision_end: int
+    image_pad: int
+    video_pad: int
+
+
 def backbone_config(
-    cfg: MoonModelConfig, processor: MoonProcessor | None = None, vocab_size: int | None = None
+    cfg: VLBackboneConfig, processor: VisionTokens | None = None, vocab_size: int | None = None
 ) -> Any:
     """The Qwen2-VL / Qwen2.5-VL config for the preset's sizes (M-RoPE sections sum to head_dim / 2)."""
     head_dim = cfg.hidden_size // cfg.heads

@@ -20,6 +20,7 @@ from typing import Any
 
 from adflow import registry
 from adflow.config import settings_from_json
+from adflow.creative.choose import selector_folder
 from adflow.progress import log
 from adflow.tracking import NOTE_TAG, client, stage_run
 
@@ -33,7 +34,9 @@ def run(
     dataset_dir: str | Path,
     challenger_version: int,
     report_dir: str | Path,
+    selector_dir: str | Path | None = None,
 ) -> dict[str, float]:
+    """`selector_dir`: the creative stage's output; when it holds a trained selector, `explain` uses it."""
     from adflow.ab.analysis import analyse
     from adflow.ab.assign import Arm
     from adflow.ab.report import write_report
@@ -72,6 +75,7 @@ def run(
             ab_store=str(store_path),
             experiment=exp_name,
             preload=sorted({a.model for a in arms}),
+            selector=str(selector_folder(selector_dir)) if selector_folder(selector_dir) else None,
         )
         with serve(cfg, out / "server") as url:
             log(STAGE, f"serving on {url}; simulating up to {ab.requests} requests at {ab.rate_per_s}/s")
@@ -79,6 +83,7 @@ def run(
                 url, dataset_dir, ab.requests, ab.rate_per_s, ab.duration_s, ab.concurrency, ab.candidates,
                 ab.slate_size, ab.seed,
             )  # fmt: skip
+            explained = _explain_one(url, store, exp_name, out)
         store.stop(exp_name, "bounded simulation finished (deploy branch of ads_full)")
         exposures = store.exposures(exp_name)
         a = analyse(
@@ -119,6 +124,7 @@ def run(
             "latency_ms_p50": sim.latency_ms_p50,
             "latency_ms_p99": sim.latency_ms_p99,
             "aa_test": float(kind == "A/A"),
+            "explain_creative4u": float(explained.get("selector") == "creative4u"),
         }
         sr.metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
         sr.artifact("report", report)
@@ -130,6 +136,22 @@ def run(
                 f"{int(metrics['http_5xx'])} server errors during the simulated test: {sim.errors}"
             )
     return metrics
+
+
+def _explain_one(url: str, store: Any, experiment: str, out: Path) -> dict[str, Any]:
+    """Ask the router why the first exposure's creative was shown (the Creative4U selector when it is there);
+    the answer is kept beside the report."""
+    import httpx
+
+    exposures = store.exposures(experiment)
+    if exposures.empty:
+        return {}
+    with httpx.Client(base_url=url, timeout=120) as h:
+        r = h.post("/explain", json={"exposure_id": str(exposures["exposure_id"].iloc[0])})
+    if r.status_code != 200:
+        raise RuntimeError(f"/explain answered {r.status_code}: {r.text[:300]}")
+    (out / "explain_example.json").write_text(json.dumps(r.json(), indent=2))
+    return dict(r.json())
 
 
 def _smoke_only(

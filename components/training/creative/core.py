@@ -1,0 +1,699 @@
+"""Creative4U stage: CoT-SFT then GRPO of the creative selector, evaluation, tournament, distilled fast scorer.
+
+Locally:   the `creative` step of ads_full (make run): TRL's SFTTrainer then GRPOTrainer inside one Ray Train
+           run (`creative_train.num_workers` workers; the tiny preset uses one: on two cores, two DDP workers
+           were slower, 80 vs 107 examples/s).
+Cluster:   adflow run --preset full --placement cluster: GPU workers, the preset's DeepSpeed config handed to
+           both trainers, `creative_model.backbone_path` naming a pretrained Qwen2.5-VL checkpoint.
+
+Steps: prepare (pairs in both orders, the tokenizer, the model; on the tiny preset the vision tower's
+perception warm-up) -> fit (SFT -> save -> GRPO from the saved SFT weights -> save) -> evaluate on held-out
+pairs (random, SFT-only, SFT+GRPO: accuracy, swap consistency, format validity, deciding factor named) ->
+tournament over each held-out (user, item)'s creatives vs the ground-truth best -> fast scorer distilled from
+the selector's verdicts (agreement, latency) -> report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from adflow import train as T
+from adflow.config import Settings
+from adflow.progress import log
+
+STAGE = "creative"
+HELD_OUT = ("test", "test_unseen")
+
+
+class CreativeUnavailable(RuntimeError):
+    """The data set has no labelled creative pairs: the run goes on without the selector."""
+
+
+@dataclass
+class CreativeResult:
+    out_dir: str
+    selector: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    note: str | None = None
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- preparation (driver)
+
+
+def prepare(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Examples in both orders, the processor, the initial model (perception warm-up on the tiny preset)."""
+    import torch
+
+    from adflow.contract import read_table
+    from adflow.creative import selector as S
+    from adflow.creative.data import pair_examples
+    from adflow.data.world import THEME_NAMES
+
+    m, t = settings.creative_model, settings.creative_train
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (Path(dataset) / "creative_pairs.parquet").exists():
+        raise CreativeUnavailable("the data set has no creative_pairs table")
+    examples = pair_examples(dataset, ("train", *HELD_OUT))
+    train = examples[examples["split"] == "train"]
+    if train.empty or examples["split"].isin(HELD_OUT).sum() == 0:
+        raise CreativeUnavailable("the creative pairs need both training and held-out pairs")
+    examples.to_parquet(out / "examples.parquet", index=False)
+    processor = S.SelectorProcessor.build(m, S.corpus(train))
+    processor.save(out / "processor")
+    torch.manual_seed(t.seed)
+    model = S.build_selector(m, processor)
+    info: dict[str, Any] = {
+        "pairs_train": int(train["pair_key"].nunique()),
+        "pairs_held_out": int(examples.loc[examples["split"].isin(HELD_OUT), "pair_key"].nunique()),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+    if t.vision_warmup_steps > 0 and not m.backbone_path:
+        # only creatives of products whose pairs are trained on: held-out products stay unseen
+        creatives = read_table(dataset, "creatives")
+        unseen = set(examples.loc[examples["split"] == "test_unseen", "item_id"])
+        creatives = creatives[~creatives["item_id"].isin(unseen)]
+        images = [S.load_image(str(Path(dataset) / p), m.image_size) for p in creatives["image_path"]]
+        t0 = time.perf_counter()
+        curve = S.warm_up_vision(
+            model,
+            processor,
+            images,
+            creatives[["prominence", "clutter", "legibility"]].to_numpy(np.float32),
+            creatives["theme"].map({n: i for i, n in enumerate(THEME_NAMES)}).to_numpy(),
+            t.vision_warmup_steps,
+            t.vision_warmup_lr,
+            t.seed,
+        )
+        info |= {
+            "warmup_s": time.perf_counter() - t0,
+            "warmup_loss_first": float(np.mean(curve[:10])),
+            "warmup_loss_last": float(np.mean(curve[-20:])),
+        }
+    model.save_pretrained(out / "init")
+    (out / "prepared.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+# ---------------------------------------------------------------- training (Ray workers)
+
+
+def _records(examples: pd.DataFrame, image_size: int, order_seed: int | None) -> Any:
+    """A datasets.Dataset of TRL records. With `order_seed`, pairs are shuffled but each pair's two orders
+    stay side by side (GRPO then sees both in one batch, which its consistency reward needs)."""
+    from datasets import Dataset
+
+    from adflow.creative.selector import to_records
+
+    if order_seed is not None:
+        keys = np.random.default_rng(order_seed).permutation(examples["pair_key"].unique())
+        rank = pd.Series(np.arange(len(keys)), index=keys)
+        examples = examples.assign(_o=examples["pair_key"].map(rank)).sort_values(["_o", "swapped"])
+    return Dataset.from_list(to_records(examples, image_size))
+
+
+def _history_callback(path: str, phase: str, rank: int) -> Any:
+    from transformers import TrainerCallback
+
+    class History(TrainerCallback):  # one JSON line per logging step (rank 0), and a progress line
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+        ) -> None:
+            if rank != 0 or not logs:
+                return
+            row = {"phase": phase, "step": int(state.global_step), **logs}
+            with open(path, "a") as f:
+                f.write(json.dumps(row, default=float) + "\n")
+            shown = {k: v for k, v in logs.items() if k in ("loss", "reward", "rewards/accuracy_reward/mean")}
+            log(
+                STAGE,
+                f"{phase} step {state.global_step}/{state.max_steps} " + json.dumps(shown, default=float),
+            )
+
+    return History()
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """CoT-SFT then GRPO with TRL, in one Ray Train worker group (HF Trainer picks up Ray's process group)."""
+    import ray.train
+    import torch
+    from transformers import AutoModelForImageTextToText
+    from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+    from adflow.config import CreativeModelConfig, CreativeTrainConfig
+    from adflow.creative import selector as S
+    from adflow.creative.rewards import REWARDS
+
+    torch.set_num_threads(config["threads"])
+    m, t = CreativeModelConfig(**config["model"]), CreativeTrainConfig(**config["train"])
+    rank = ray.train.get_context().get_world_rank()
+    out = Path(config["out_dir"])
+    cuda = torch.cuda.is_available()
+    common: dict[str, Any] = {
+        "use_cpu": not cuda,
+        "bf16": bool(((t.deepspeed or {}).get("bf16") or {}).get("enabled")),
+        "deepspeed": t.deepspeed,
+        "report_to": [],
+        "disable_tqdm": True,
+        "save_strategy": "no",
+        "logging_steps": 10,
+        "seed": t.seed,
+        "gradient_checkpointing": False,
+        "remove_unused_columns": False,
+    }
+    examples = pd.read_parquet(out / "examples.parquet")
+    train = examples[examples["split"] == "train"]
+    processor = S.SelectorProcessor.load(out / "processor")
+
+    model = AutoModelForImageTextToText.from_pretrained(out / "init")
+    sft = SFTTrainer(
+        model=model,
+        args=SFTConfig(
+            output_dir=str(out / "trainer" / "sft"),
+            num_train_epochs=t.sft_epochs,
+            per_device_train_batch_size=t.sft_batch_size,
+            learning_rate=t.sft_lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=t.sft_warmup_steps,
+            max_length=None,
+            **common,
+        ),
+        train_dataset=_records(train, m.image_size, None),
+        processing_class=processor,
+        callbacks=[_history_callback(config["history_path"], "sft", rank)],
+    )
+    sft.train()
+    if rank == 0:
+        sft.save_model(str(out / "sft"))
+    sft.accelerator.wait_for_everyone()
+    if t.grpo_steps == 0:
+        return
+    # from the saved SFT weights: with beta > 0 TRL rebuilds the reference model from this path (FIELD-NOTES)
+    policy = AutoModelForImageTextToText.from_pretrained(out / "sft")
+    weights = dict(t.reward_weights)
+    rewards = [r for r in REWARDS if r.__name__.removesuffix("_reward") in weights]
+    grpo = GRPOTrainer(
+        model=policy,
+        args=GRPOConfig(
+            output_dir=str(out / "trainer" / "grpo"),
+            max_steps=t.grpo_steps,
+            per_device_train_batch_size=t.grpo_prompts_per_step * t.num_generations,
+            num_generations=t.num_generations,
+            learning_rate=t.grpo_lr,
+            beta=t.beta,
+            temperature=t.temperature,
+            max_completion_length=m.max_new_tokens,
+            shuffle_dataset=False,  # the records keep each pair's two orders side by side
+            reward_weights=[weights[r.__name__.removesuffix("_reward")] for r in rewards],
+            use_vllm=False,
+            **common,
+        ),
+        train_dataset=_records(train, m.image_size, t.seed),
+        processing_class=processor,
+        reward_funcs=list(rewards),
+        callbacks=[_history_callback(config["history_path"], "grpo", rank)],
+    )
+    grpo.train()
+    if rank == 0:
+        grpo.save_model(str(out / "grpo"))
+    grpo.accelerator.wait_for_everyone()
+
+
+def fit(settings: Settings, out_dir: str | Path, history_path: str | Path) -> Any:
+    t = settings.creative_train
+    config = {
+        "model": settings.creative_model.model_dump(),
+        "train": t.model_dump(),
+        "out_dir": str(Path(out_dir).resolve()),
+        "history_path": str(Path(history_path).resolve()),
+        "threads": t.threads,
+    }
+    workers = t.num_workers or settings.placement.num_workers
+    placed = settings.model_copy(
+        update={"placement": settings.placement.model_copy(update={"num_workers": workers})}
+    )
+    return T.fit(placed, train_loop, config, Path(out_dir) / "ray", "creative")
+
+
+# ---------------------------------------------------------------- evaluation (driver)
+
+
+def judge(
+    model: Any,
+    processor: Any,
+    examples: pd.DataFrame,
+    image_size: int,
+    max_new: int,
+    batch: int,
+    sample: bool = False,
+) -> pd.DataFrame:
+    """Greedy answers to every example, parsed: answer, well-formed, deciding factor named, right."""
+    from adflow.creative import selector as S
+    from adflow.creative.rewards import names_factor, parse
+
+    recs = S.to_records(examples, image_size, with_completion=False)
+    outs = S.generate(
+        model, processor, [r["prompt"] for r in recs], [r["images"] for r in recs], max_new, batch, sample
+    )
+    v = [parse(o) for o in outs]
+    return examples.assign(
+        output=outs,
+        answer=[x.answer if x else None for x in v],
+        well_formed=[x is not None for x in v],
+        names_factor=[
+            x is not None and names_factor(x.think, f)
+            for x, f in zip(v, examples["deciding_factor"], strict=True)
+        ],
+    ).assign(correct=lambda d: d["answer"] == d["label"])
+
+
+def _mean(x: pd.Series) -> float:
+    return float(x.mean()) if len(x) else 0.0  # an empty split (tiny worlds) reads 0, not NaN in MLflow
+
+
+def scores(judged: pd.DataFrame) -> dict[str, float]:
+    """Accuracy (all held-out / seen products / unseen products), swap consistency, format, factor named."""
+    # a pair is consistent when its two orders got mirrored verdicts; a missing or malformed one is not
+    by_pair = judged.groupby("pair_key")
+    consistent = by_pair.apply(lambda g: len(g) == 2 and set(g["answer"]) == {"A", "B"}, include_groups=False)
+    out = {
+        "accuracy": float(judged["correct"].mean()),
+        "accuracy_seen_products": _mean(judged.loc[judged["split"] == "test", "correct"]),
+        "accuracy_unseen_products": _mean(judged.loc[judged["split"] == "test_unseen", "correct"]),
+        "swap_consistency": float(consistent.mean()),
+        "format_validity": float(judged["well_formed"].mean()),
+        "factor_named": float(judged["names_factor"].mean()),
+        # among right verdicts: did the reasoning name what actually decided the ground truth?
+        "factor_named_when_right": float(judged.loc[judged["correct"], "names_factor"].mean())
+        if judged["correct"].any()
+        else 0.0,
+    }
+    n = len(judged)
+    out["accuracy_ci95"] = float(1.96 * np.sqrt(out["accuracy"] * (1 - out["accuracy"]) / max(n, 1)))
+    return out
+
+
+def random_baseline(held: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """A coin per example (no reasoning): the chance line every selector is read against."""
+    from adflow.creative.selector import random_verdicts
+
+    answers = random_verdicts(len(held), seed)
+    return held.assign(answer=answers, well_formed=True, names_factor=False, output="").assign(
+        correct=lambda d: d["answer"] == d["label"]
+    )
+
+
+def tournaments(
+    settings: Settings, dataset: str | Path, model: Any, processor: Any, limit: int
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Best-of-N for held-out (user, item)s vs the ground truth's best creative for the user's segment."""
+    from adflow.contract import read_table
+    from adflow.creative.choose import tournament
+    from adflow.creative.selector import load_image
+    from adflow.data.world import appeal
+
+    root = Path(dataset)
+    pairs = read_table(root, "creative_pairs")
+    held = pairs[pairs["split"].isin(HELD_OUT)].drop_duplicates(["user_id", "item_id"]).head(limit)
+    creatives = read_table(root, "creatives")
+    titles = read_table(root, "items").set_index("item_id")["title"]
+    rows, examples = [], []
+    for p in held.itertuples(index=False):
+        cr = creatives[creatives["item_id"] == p.item_id]
+        app = appeal(
+            cr["prominence"].to_numpy(),
+            cr["clutter"].to_numpy(),
+            cr["legibility"].to_numpy(),
+            cr["theme"].to_numpy(),
+            p.user_segment,
+        )
+        imgs = [
+            (int(c), load_image(str(root / path), settings.creative_model.image_size))
+            for c, path in zip(cr["creative_id"], cr["image_path"], strict=True)
+        ]
+        t0 = time.perf_counter()
+        choice = tournament(
+            model,
+            processor,
+            str(titles.get(p.item_id, "")),
+            str(p.user_interests),
+            imgs,
+            settings.creative_model.max_new_tokens,
+            seed=int(p.user_id) * 100_003 + int(p.item_id),
+        )
+        rows.append(
+            {
+                "user_id": int(p.user_id),
+                "item_id": int(p.item_id),
+                "segment": p.user_segment,
+                "split": p.split,
+                "n": len(cr),
+                "chosen": choice.creative_id,
+                "best": int(cr["creative_id"].iloc[int(np.argmax(app))]),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        if len(examples) < 3:
+            examples.append({**rows[-1], "points": choice.points, "explanation": choice.explanation})
+    return pd.DataFrame(rows), examples
+
+
+def distil(
+    settings: Settings, dataset: str | Path, model: Any, processor: Any, judged: pd.DataFrame
+) -> tuple[Any, dict[str, float]]:
+    """The fast scorer from the selector's verdicts on unlabelled creative pairs, and how well it agrees.
+
+    Distillation pairs: two creatives of a product whose pairs are trained on, shown to a user from the
+    training pairs, asked in both orders; only order-consistent verdicts become labels (the selector's own
+    noise stays out). No ground-truth label is used. Agreement is measured on the held-out pairs, against
+    the selector's greedy verdicts (`judged`) and against the ground truth; latency per best-of-N choice.
+    """
+    from adflow.contract import read_table
+    from adflow.creative.choose import fit_scorer
+    from adflow.creative.data import prompt
+    from adflow.creative.selector import generate, load_image, user_message, verdicts
+
+    t, m = settings.creative_train, settings.creative_model
+    root = Path(dataset)
+    rng = np.random.default_rng(t.seed + 1)
+    pairs = read_table(root, "creative_pairs")
+    creatives = read_table(root, "creatives").set_index("creative_id", drop=False)
+    titles = read_table(root, "items").set_index("item_id")["title"]
+    users = pairs[pairs["split"] == "train"].drop_duplicates("user_id")[
+        ["user_id", "user_segment", "user_interests"]
+    ]
+    unseen = set(pairs.loc[pairs["split"] == "test_unseen", "item_id"])
+    by_item = {
+        i: g.index.to_numpy() for i, g in creatives.groupby("item_id") if i not in unseen and len(g) >= 2
+    }
+    items = np.array(sorted(by_item))
+    draws = []
+    for _ in range(t.distill_pairs):
+        item = int(rng.choice(items))
+        a, b = rng.choice(by_item[item], 2, replace=False)
+        u = users.iloc[int(rng.integers(0, len(users)))]
+        draws.append((item, int(a), int(b), u.user_segment, u.user_interests))
+    cache: dict[int, Any] = {}
+
+    def img(c: int) -> Any:
+        if c not in cache:
+            cache[c] = load_image(str(root / creatives.loc[c, "image_path"]), m.image_size)
+        return cache[c]
+
+    prompts, images = [], []
+    for item, a, b, _, interests in draws:
+        msg = user_message(prompt(str(titles.get(item, "")), str(interests)))
+        prompts += [msg, msg]
+        images += [[img(a), img(b)], [img(b), img(a)]]
+    t0 = time.perf_counter()
+    answers = verdicts(generate(model, processor, prompts, images, m.max_new_tokens, t.eval_batch_size))
+    label_s = time.perf_counter() - t0
+    keep = [k for k in range(len(draws)) if {answers[2 * k], answers[2 * k + 1]} == {"A", "B"}]
+    a_df = creatives.loc[[draws[k][1] for k in keep]].reset_index(drop=True)
+    b_df = creatives.loc[[draws[k][2] for k in keep]].reset_index(drop=True)
+    first = np.array([answers[2 * k] == "A" for k in keep], dtype=np.float32)
+    scorer = fit_scorer(a_df, b_df, [draws[k][3] for k in keep], first, t.scorer_epochs)
+
+    # agreement on the held-out examples (each order is its own example, as the selector saw it)
+    seg = pairs.set_index("pair_id")["user_segment"]
+    held = judged.copy()
+    first_ids = [int(Path(p[0]).stem) for p in held["images"]]
+    second_ids = [int(Path(p[1]).stem) for p in held["images"]]
+    p = scorer.p_first(
+        creatives.loc[first_ids], creatives.loc[second_ids], seg.loc[held["pair_key"]].tolist()
+    )
+    scorer_answer = np.where(p >= 0.5, "A", "B")
+    answered = held["answer"].notna().to_numpy()
+    # latency: one best-of-N choice for a (user, item) by the scorer
+    sample = creatives[creatives["item_id"] == items[0]]
+    t1 = time.perf_counter()
+    reps = 200
+    for _ in range(reps):
+        scorer.best(sample, "practical")
+    scorer_ms = (time.perf_counter() - t1) / reps * 1e3
+    metrics = {
+        "scorer_distill_pairs": float(len(draws)),
+        "scorer_distill_consistent": float(len(keep) / max(len(draws), 1)),
+        "scorer_agreement_with_selector": float(
+            np.mean(scorer_answer[answered] == held["answer"].to_numpy()[answered])
+        ),
+        "scorer_accuracy": float(np.mean(scorer_answer == held["label"].to_numpy())),
+        "scorer_best_of_n_ms": float(scorer_ms),
+        "selector_ms_per_verdict": float(label_s / max(len(prompts), 1) * 1e3),
+    }
+    return scorer, metrics
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> CreativeResult:
+    """prepare -> fit (SFT, GRPO) -> evaluate -> tournament -> distil -> report."""
+    import torch
+
+    from adflow.creative.selector import SelectorProcessor, load_selector, save_selector
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    t, m = settings.creative_train, settings.creative_model
+    info = prepare(settings, dataset, out / "prepared")
+    history_path = out / "history.jsonl"
+    history_path.unlink(missing_ok=True)
+    t_fit = time.perf_counter()
+    result = fit(settings, out / "prepared", history_path)
+    if result.error:
+        raise RuntimeError(f"Creative4U training failed: {result.error}")
+    fit_s = time.perf_counter() - t_fit
+    history = (
+        [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.exists() else []
+    )
+
+    from transformers import AutoModelForImageTextToText
+
+    processor = SelectorProcessor.load(out / "prepared" / "processor")
+    examples = pd.read_parquet(out / "prepared" / "examples.parquet")
+    held = examples[examples["split"].isin(HELD_OUT)].reset_index(drop=True)
+    t_eval = time.perf_counter()
+    judged = {"random": random_baseline(held, t.seed)}
+    models = {"sft": out / "prepared" / "sft"} | (
+        {"sft_grpo": out / "prepared" / "grpo"} if t.grpo_steps else {}
+    )
+    loaded = {}
+    for name, path in models.items():
+        loaded[name] = AutoModelForImageTextToText.from_pretrained(path).eval()
+        judged[name] = judge(loaded[name], processor, held, m.image_size, m.max_new_tokens, t.eval_batch_size)
+    # one sample per example at temperature 1: what the policy GRPO trains does, beside its greedy answer
+    torch.manual_seed(t.seed)
+    sampled = {
+        name: judge(model, processor, held, m.image_size, m.max_new_tokens, t.eval_batch_size, sample=True)
+        for name, model in loaded.items()
+    }
+    eval_s = time.perf_counter() - t_eval
+    table = {name: scores(j) for name, j in judged.items()}
+    for name, j in sampled.items():
+        table[name]["sampled_accuracy"] = float(j["correct"].mean())
+    served = "sft_grpo" if "sft_grpo" in loaded else "sft"
+    selector = loaded[served]
+    save_selector(selector, processor, out / "selector", {"variant": served, "config": m.model_dump()})
+    selector, processor, _ = load_selector(out / "selector")  # what serving loads, checked to load
+
+    t_tour = time.perf_counter()
+    tour, tour_examples = tournaments(settings, dataset, selector, processor, t.tournament_limit)
+    tour_s = time.perf_counter() - t_tour
+    n_mean = float(tour["n"].mean()) if len(tour) else 0.0
+    scorer, distil_metrics = distil(settings, dataset, selector, processor, judged[served])
+    scorer.save(out / "scorer.json")
+    # the scorer's best-of-N on the tournament's (user, item)s, against the ground truth and the tournament
+    from adflow.contract import read_table
+
+    creatives = read_table(dataset, "creatives")
+    scorer_pick = [
+        scorer.best(creatives[creatives["item_id"] == r.item_id], r.segment)
+        for r in tour.itertuples(index=False)
+    ]
+    metrics: dict[str, float] = {f"{name}_{k}": v for name, row in table.items() for k, v in row.items()}
+    metrics |= {
+        "tournament_n": float(len(tour)),
+        "tournament_best_hit": float((tour["chosen"] == tour["best"]).mean()) if len(tour) else 0.0,
+        "tournament_chance": float((1.0 / tour["n"]).mean()) if len(tour) else 0.0,
+        # on products whose pairs never reached training
+        "tournament_best_hit_unseen": float(
+            (
+                tour.loc[tour["split"] == "test_unseen", "chosen"]
+                == tour.loc[tour["split"] == "test_unseen", "best"]
+            ).mean()
+        )
+        if (tour["split"] == "test_unseen").any()
+        else 0.0,
+        "tournament_ms": float(tour["seconds"].mean() * 1e3) if len(tour) else 0.0,
+        "scorer_best_hit": float(np.mean(np.array(scorer_pick) == tour["best"].to_numpy()))
+        if len(tour)
+        else 0.0,
+        "scorer_agrees_with_tournament": float(np.mean(np.array(scorer_pick) == tour["chosen"].to_numpy()))
+        if len(tour)
+        else 0.0,
+        "creatives_per_item": n_mean,
+        "fit_s": fit_s,
+        "eval_s": eval_s,
+        "tournament_s": tour_s,
+        **distil_metrics,
+    }
+    metrics |= {k: float(v) for k, v in info.items() if isinstance(v, int | float)}
+    metrics["grpo_gain"] = metrics.get("sft_grpo_accuracy", metrics["sft_accuracy"]) - metrics["sft_accuracy"]
+    tour.to_parquet(out / "tournament.parquet", index=False)
+    evaluation = {"table": table, "tournament_examples": tour_examples, "served": served, "metrics": metrics}
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=str))
+    write_report(out, evaluation, history)
+    (out / "creative.json").write_text(
+        json.dumps({"served": served, "selector": "selector", "scorer": "scorer.json"}, indent=2)
+    )
+    seconds = time.perf_counter() - t0
+    log(
+        STAGE,
+        f"held-out accuracy: random {metrics['random_accuracy']:.3f}, SFT {metrics['sft_accuracy']:.3f}"
+        + (f", SFT+GRPO {metrics['sft_grpo_accuracy']:.3f}" if "sft_grpo_accuracy" in metrics else "")
+        + f"; tournament picks the best {metrics['tournament_best_hit']:.2f} (chance {metrics['tournament_chance']:.2f})"
+        + f" ({seconds:.0f}s)",
+    )
+    return CreativeResult(str(out), str(out / "selector"), metrics, history, None, seconds)
+
+
+def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """report.md, accuracy.png (held-out metrics per selector) and curves.png (SFT loss, GRPO rewards)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table, met = evaluation["table"], evaluation["metrics"]
+    names = list(table)
+    keys = ["accuracy", "swap_consistency", "format_validity", "factor_named"]
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        vals = [table[name][key] for key in keys]
+        err = [table[name]["accuracy_ci95"], 0, 0, 0]
+        ax.bar(np.arange(len(keys)) + k * width, vals, width, yerr=err, label=name, capsize=3)
+    ax.set_xticks(np.arange(len(keys)) + width * (len(names) - 1) / 2, keys)
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.set(ylim=(0, 1.05), title="Creative4U on held-out pairs (both orders)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    sft = [h for h in history if h["phase"] == "sft" and "loss" in h]
+    grpo = [h for h in history if h["phase"] == "grpo" and "reward" in h]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    axes[0].plot([h["step"] for h in sft], [h["loss"] for h in sft], marker=".")
+    axes[0].set(title="CoT-SFT loss", xlabel="step")
+    for key in (
+        "rewards/accuracy_reward/mean",
+        "rewards/consistency_reward/mean",
+        "rewards/format_reward/mean",
+    ):
+        axes[1].plot(
+            [h["step"] for h in grpo], [h.get(key, np.nan) for h in grpo], marker=".", label=key.split("/")[1]
+        )
+    axes[1].set(title="GRPO rewards (sampled)", xlabel="step")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+    lines = [
+        "# Creative4U: creative selection",
+        "",
+        "Held-out pairs, each asked in both orders (greedy decoding):",
+        "",
+    ]
+    lines += [
+        "| selector | accuracy (±95%) | seen products | unseen products | swap consistency | format | factor named "
+        "| sampled accuracy (T=1) |"
+    ]
+    lines += ["|---|---|---|---|---|---|---|---|"]
+    for name, r in table.items():
+        lines.append(
+            f"| {name} | {r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f} | {r['accuracy_seen_products']:.3f} | "
+            f"{r['accuracy_unseen_products']:.3f} | {r['swap_consistency']:.3f} | {r['format_validity']:.3f} | "
+            f"{r['factor_named']:.3f} | {r.get('sampled_accuracy', r['accuracy']):.3f} |"
+        )
+    lines += [
+        "",
+        f"Tournament over each held-out (user, item)'s {met['creatives_per_item']:.1f} creatives "
+        f"({int(met['tournament_n'])} of them): the ground truth's best creative picked "
+        f"{met['tournament_best_hit']:.3f} of the time (chance {met['tournament_chance']:.3f}; on unseen "
+        f"products {met['tournament_best_hit_unseen']:.3f}), "
+        f"{met['tournament_ms']:.0f} ms per choice.",
+        f"Fast scorer (Bradley-Terry on design factors, distilled from {int(met['scorer_distill_pairs'])} "
+        f"unlabelled pairs' verdicts): agrees with the selector on {met['scorer_agreement_with_selector']:.3f} "
+        f"of held-out verdicts, accuracy {met['scorer_accuracy']:.3f}, picks the best creative "
+        f"{met['scorer_best_hit']:.3f}; {met['scorer_best_of_n_ms']:.3f} ms per best-of-N vs "
+        f"{met['tournament_ms']:.0f} ms for the tournament.",
+        "",
+        "Example choices:",
+        "",
+    ]
+    for ex in evaluation["tournament_examples"]:
+        lines.append(
+            f"- user {ex['user_id']} ({ex['segment']}), item {ex['item_id']}: chose {ex['chosen']} "
+            f"(truth's best {ex['best']}), points {ex['points']}. Why: {ex['explanation']}"
+        )
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def run(
+    settings_json: str, tracking_uri: str, parent_run_id: str, dataset: str | Path, out_dir: str | Path
+) -> CreativeResult:
+    from adflow.config import settings_from_json
+    from adflow.tracking import NOTE_TAG, stage_run
+
+    s = settings_from_json(settings_json)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with stage_run(STAGE, tracking_uri, parent_run_id, s.placement.mlflow_experiment) as sr:
+        sr.params(
+            {"creative_model": s.creative_model.model_dump(), "creative_train": s.creative_train.model_dump()}
+        )
+        if not s.creative_train.enabled:
+            note = "creative_train.enabled is false: serving explains with the fast scorer only"
+        else:
+            try:
+                result = train(s, dataset, out)
+            except CreativeUnavailable as e:
+                note = f"skipped: {e}"
+            else:
+                for k, h in enumerate(result.history):
+                    vals = {
+                        f"{h['phase']}_{key.replace('/', '_')}": float(v)
+                        for key, v in h.items()
+                        if isinstance(v, int | float) and key not in ("step", "epoch")
+                    }
+                    sr.metrics(vals, step=k)
+                sr.metrics(result.metrics | {"train_s": result.seconds})
+                for name in ("report.md", "accuracy.png", "curves.png", "evaluation.json", "scorer.json"):
+                    if (out / name).exists():
+                        sr.log_file(out / name)
+                sr.artifact("creative", out)
+                m = result.metrics
+                verdict = f"held-out accuracy random {m['random_accuracy']:.3f}, SFT {m['sft_accuracy']:.3f}"
+                if "sft_grpo_accuracy" in m:
+                    verdict += f", SFT+GRPO {m['sft_grpo_accuracy']:.3f}"
+                verdict += (
+                    f"; swap consistency {m.get('sft_grpo_swap_consistency', m['sft_swap_consistency']):.3f}"
+                )
+                sr.tag(NOTE_TAG, verdict)
+                return result
+        log(STAGE, note)
+        sr.tag(NOTE_TAG, note)
+        (out / "creative.json").write_text(json.dumps({"served": None, "note": note}))
+        return CreativeResult(str(out), None, note=note)

@@ -1,0 +1,175 @@
+"""Creative4U's selector, tournament and fast scorer on the small world (the stage itself runs in
+test_pipeline's end-to-end run): the processor TRL calls, generation, save/load, the protocol's rationale,
+tie-breaking, and distillation recovering a known preference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from adflow.config import load_settings
+from adflow.creative import choose
+from adflow.creative import selector as S
+from adflow.creative.data import pair_examples
+from adflow.creative.rewards import check_tags_are_text, parse
+from adflow.data.world import FACTOR_TEXT, LEVELS, SEGMENTS, appeal, describe_creative, pair_rationale
+
+
+@pytest.fixture(scope="module")
+def tiny(small_world: Path) -> tuple[Any, Any, pd.DataFrame]:
+    s = load_settings("tiny")
+    ex = pair_examples(small_world, ("train", "test", "test_unseen"))
+    proc = S.SelectorProcessor.build(s.creative_model, S.corpus(ex[ex["split"] == "train"]))
+    torch.manual_seed(0)
+    return S.build_selector(s.creative_model, proc), proc, ex
+
+
+def test_processor_expands_both_images_and_keeps_tags_text(tiny: tuple[Any, Any, pd.DataFrame]) -> None:
+    _, proc, ex = tiny
+    check_tags_are_text(proc.tokenizer)  # the verdict tags survive skip_special_tokens decoding
+    row = ex.iloc[0]
+    msg = S.user_message(row["prompt"])
+    assert [p["type"] for p in msg[0]["content"]].count("image") == 2
+    text = proc.apply_chat_template([msg], add_generation_prompt=True, tokenize=False)[0]
+    assert text.count("<|image_pad|>") == 2 and text.endswith("<|im_start|>assistant\n")
+    images = [S.load_image(p, 32) for p in row["images"]]
+    batch = proc(text=[text], images=[images], return_tensors="pt")
+    per_image = int(batch["image_grid_thw"][0].prod()) // 4  # 2x2 patches merge into one LLM token
+    assert int((batch["input_ids"] == proc.image_pad).sum()) == 2 * per_image
+    assert int(batch["mm_token_type_ids"].sum()) == 2 * per_image
+    # phrase tokens: the whole target answer is a few dozen tokens, and decodes back exactly
+    ids = proc.tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+    assert len(ids) < 60 and proc.tokenizer.decode(ids) == row["completion"]
+
+
+def test_generation_and_save_load_roundtrip(tiny: tuple[Any, Any, pd.DataFrame], tmp_path: Path) -> None:
+    model, proc, ex = tiny
+    recs = S.to_records(ex.head(3), 32, with_completion=False)
+    prompts, images = [r["prompt"] for r in recs], [r["images"] for r in recs]
+    out = S.generate(model, proc, prompts, images, max_new_tokens=8, batch_size=2)
+    assert len(out) == 3 and all(isinstance(o, str) for o in out)
+    S.save_selector(model, proc, tmp_path / "sel", {"variant": "test"})
+    again, proc2, meta = S.load_selector(tmp_path / "sel")
+    assert meta["variant"] == "test"
+    assert S.generate(again, proc2, prompts, images, max_new_tokens=8, batch_size=3) == out
+
+
+def test_rationale_describes_each_creative_then_names_the_deciding_factor() -> None:
+    a = {"prominence": 0.9, "clutter": 0.1, "legibility": 0.5, "theme": "warm"}
+    b = {"prominence": 0.3, "clutter": 0.9, "legibility": 0.9, "theme": "cool"}
+    text = pair_rationale(a, b, "practical")
+    assert "A: product large, background clean, text readable, warm theme." in text
+    assert "B: product small, background busy, text crisp, cool theme." in text
+    assert text.endswith(f"Deciding factor: {FACTOR_TEXT['clutter']}, which favours A.")
+    # every level boundary: just below is the lower word, at the bound the next one
+    for factor, (bounds, names) in LEVELS.items():
+        for k, bound in enumerate(bounds):
+            low, high = dict(a, **{factor: bound - 1e-6}), dict(a, **{factor: bound})
+            assert names[k] in describe_creative(low) and names[k + 1] in describe_creative(high)
+
+
+def _oracle_generate(creatives: pd.DataFrame, segment: str) -> Any:
+    """A hand-written perfect selector: answers from the ground truth's appeal (images carry the id)."""
+    app = dict(
+        zip(
+            creatives["creative_id"],
+            appeal(
+                *(creatives[c].to_numpy() for c in ("prominence", "clutter", "legibility", "theme")), segment
+            ),
+            strict=True,
+        )
+    )
+
+    def generate(model: Any, processor: Any, prompts: Any, images: Any, *a: Any, **k: Any) -> list[str]:
+        return [f"<think>x</think><answer>{'A' if app[i] > app[j] else 'B'}</answer>" for i, j in images]
+
+    return generate
+
+
+def test_tournament_picks_the_best_and_breaks_ties_fairly(
+    small_world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cr = pd.read_parquet(small_world / "creatives.parquet")
+    hits = 0
+    for item in cr["item_id"].unique()[:10]:
+        c = cr[cr["item_id"] == item]
+        # the "image" is the creative id itself, so the oracle can look it up
+        monkeypatch.setattr(S, "generate", _oracle_generate(c, "practical"))
+        choice = choose.tournament(None, None, "t", "u", [(i, i) for i in c["creative_id"]], 8)
+        app = appeal(
+            *(c[k].to_numpy() for k in ("prominence", "clutter", "legibility", "theme")), "practical"
+        )
+        hits += choice.creative_id == int(c["creative_id"].iloc[int(np.argmax(app))])
+        assert choice.points[choice.creative_id] == 2 * (len(c) - 1)  # every game, in both orders
+    assert hits == 10
+    # a selector that always answers A ties every creative: the pick is a seeded draw, not "the first one"
+    monkeypatch.setattr(
+        S, "generate", lambda m, p, prompts, *a, **k: ["<think>x</think><answer>A</answer>"] * len(prompts)
+    )
+    ids = [(1, 1), (2, 2), (3, 3)]
+    picks = {choose.tournament(None, None, "t", "u", ids, 8, seed=s).creative_id for s in range(20)}
+    assert picks == {1, 2, 3}
+
+
+def test_scorer_distils_a_known_preference(small_world: Path) -> None:
+    """Verdicts drawn from a known Bradley-Terry model (per segment) are distilled back: the fitted scorer
+    orders creatives like the truth and agrees with held-out verdicts."""
+    cr = pd.read_parquet(small_world / "creatives.parquet")
+    rng = np.random.default_rng(0)
+    ia, ib = rng.integers(0, len(cr), 4000), rng.integers(0, len(cr), 4000)
+    a, b = cr.iloc[ia].reset_index(drop=True), cr.iloc[ib].reset_index(drop=True)
+    segs = rng.choice(np.array(SEGMENTS), 4000)
+    truth = np.array(
+        [
+            appeal(*(r[k] for k in ("prominence", "clutter", "legibility", "theme")), s)
+            for r, s in zip(a.to_dict("records"), segs, strict=True)
+        ]
+    )
+    truth_b = np.array(
+        [
+            appeal(*(r[k] for k in ("prominence", "clutter", "legibility", "theme")), s)
+            for r, s in zip(b.to_dict("records"), segs, strict=True)
+        ]
+    )
+    p = 1 / (1 + np.exp(-4 * (truth - truth_b)))
+    wins = (rng.random(4000) < p).astype(np.float32)
+    scorer = choose.fit_scorer(a[:3000], b[:3000], segs[:3000], wins[:3000], epochs=100)
+    pred = scorer.p_first(a[3000:], b[3000:], segs[3000:].tolist()) >= 0.5
+    assert np.mean(pred == (truth[3000:] > truth_b[3000:])) > 0.9
+    # the per-segment weights differ the way the world's do: the practical shopper minds clutter most
+    w = {k: np.asarray(v) for k, v in scorer.weights.items()}
+    assert w["practical"][1] < w["brand_lover"][1] < 0 and w["bargain_hunter"][2] > w["brand_lover"][2]
+    path = Path(small_world).parent / "scorer_test.json"
+    scorer.save(path)
+    assert choose.FastScorer.load(path).weights == scorer.weights
+    path.unlink()
+
+
+def test_parse_of_generated_answers_is_what_rewards_read(tiny: tuple[Any, Any, pd.DataFrame]) -> None:
+    _, proc, ex = tiny
+    # the SFT target, through the tokenizer and back as GRPO decodes it, still parses to its label
+    for row in ex.head(20).itertuples():
+        ids = proc.tokenizer(row.completion + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        text = proc.tokenizer.decode(ids, skip_special_tokens=True)
+        v = parse(text)
+        assert v is not None and v.answer == row.label
+
+
+def test_user_interests_from_pairs_else_segment(small_world: Path) -> None:
+    from adflow.creative.data import user_interests
+
+    got = user_interests(small_world)
+    pairs = pd.read_parquet(small_world / "creative_pairs.parquet")
+    users = pd.read_parquet(small_world / "users.parquet")
+    with_pair = int(pairs["user_id"].iloc[0])
+    assert got[with_pair] == pairs.loc[pairs["user_id"] == with_pair, "user_interests"].iloc[-1]
+    without = sorted(set(users["user_id"]) - set(pairs["user_id"]))
+    if without:
+        seg = users.set_index("user_id").loc[without[0], "segment"].replace("_", " ")
+        assert got[int(without[0])] == f"segment: {seg}"
+    assert set(got) == set(users["user_id"].astype(int))
