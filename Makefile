@@ -65,4 +65,9 @@ lock: setup ## rewrite constraints.txt from the current environment
 clean: ## remove local state: runs, MLflow store, KFP outputs, build folder
 	rm -rf .adflow runs build test-output
 
-.PHONY: help setup run test lint fmt compile bench loadtest lock clean
+manifests: setup ## render the Kubernetes overlays and jobs (infra/k8s) to build/infra/*.yaml
+	@mkdir -p build/infra
+	for t in overlays/dev overlays/prod-gpu jobs; do $(BIN)/kubectl kustomize infra/k8s/$$t > build/infra/$$(basename $$t).yaml; done
+	@ls build/infra
+
+.PHONY: help setup run test lint fmt compile bench loadtest lock clean manifests

@@ -5,6 +5,7 @@ adflow data synth --out data/tiny
 adflow data import movielens --path ml-100k --out data/ml100k
 adflow data validate data/tiny
 adflow pipeline compile --out build/pipelines
+adflow pipeline submit --host http://localhost:8080 [--preset full] [--placement cluster]
 adflow config show --preset full --placement cluster
 """
 
@@ -25,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(help="Generate, import and validate datasets.", no_args_is_help=True)
-pipeline_app = typer.Typer(help="Compile pipelines.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Compile pipelines; submit them to Kubeflow Pipelines.", no_args_is_help=True)
 config_app = typer.Typer(help="Show resolved settings.", no_args_is_help=True)
 model_app = typer.Typer(
     help="Registry: promote, roll back, and show the history of model aliases.", no_args_is_help=True
@@ -162,6 +163,46 @@ def pipeline_compile(
     s = _settings(preset, placement, set_)
     for path in compile_all(s, out):
         typer.echo(f"{path}  (image {s.placement.image})")
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    host: Annotated[
+        str | None,
+        typer.Option(help="Kubeflow Pipelines API, e.g. http://localhost:8080 (default: placement.kfp_host)"),
+    ] = None,
+    preset: Preset = "full",
+    placement: Placement = "cluster",
+    set_: Sets = None,
+    pipeline: Annotated[str, typer.Option(help="pipeline name")] = "ads_full",
+    experiment: Annotated[
+        str | None, typer.Option(help="KFP experiment (default: placement.mlflow_experiment)")
+    ] = None,
+    run_name: Annotated[str | None, typer.Option(help="run name (default: <pipeline>-<UTC time>)")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Kubeflow profile namespace (multi-user)")] = None,
+    token_env: Annotated[
+        str | None, typer.Option(help="environment variable holding a bearer token for the KFP API")
+    ] = None,
+    parent_run_id: Annotated[str, typer.Option(help="MLflow run the stages log under")] = "",
+    out: Annotated[Path | None, typer.Option(help="folder for the compiled package")] = None,
+    dry_run: Annotated[bool, typer.Option(help="compile and check only; send nothing")] = False,
+) -> None:
+    """Compile a pipeline with the placement's image, upload it as a new version and start a run."""
+    from adflow.submit import SubmitError, prepare, send
+
+    s = _settings(preset, placement, set_)
+    folder = out or Path("build/submit") / s.placement.name
+    sub = _refusing(lambda: prepare(s, pipeline, host, folder, parent_run_id, token_env), (SubmitError,))
+    typer.echo(f"{sub.package}  (image {sub.image})")
+    if dry_run:
+        typer.echo(f"dry run: nothing sent to {sub.host}")
+        return
+    try:
+        send(sub, experiment or s.placement.mlflow_experiment, run_name, namespace, token_env)
+    except Exception as e:  # connection, auth or API errors: the message says which
+        typer.secho(f"error: submitting to {sub.host} failed: {type(e).__name__}: {e}", fg="red", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(f"pipeline {sub.pipeline_id} version {sub.version_id}: run {sub.run_id}\n{sub.run_url()}")
 
 
 @config_app.command("show")
