@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -54,3 +56,45 @@ def track(items: Iterable[T], stage: str, step: str, total: int | None = None) -
 
 def log(stage: str, message: str) -> None:
     print(f"[{stage}] {message}", file=sys.stdout, flush=True)
+
+
+@contextmanager
+def follow(
+    path: str | Path, stage: str, render: Callable[[dict[str, Any]], str | None], every_s: float = 2.0
+) -> Iterator[None]:
+    """While the block runs, print a line for every JSON line appended to `path` (`render` makes it; None
+    skips it). Ray workers' stdout does not reach the driver (log_to_driver is off), so training loops write
+    their progress to a history file and the driver follows it."""
+    import json
+    import threading
+
+    stop = threading.Event()
+    src = Path(path)
+    seen = 0
+
+    def emit() -> None:
+        nonlocal seen
+        if not src.exists():
+            return
+        lines = src.read_text().splitlines()
+        for line in lines[seen:]:
+            try:
+                text = render(json.loads(line))
+            except ValueError:  # a line still being written: read it next time
+                break
+            seen += 1
+            if text:
+                log(stage, text)
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            emit()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        emit()

@@ -26,7 +26,7 @@ import pandas as pd
 
 from adflow import train as T
 from adflow.config import Settings
-from adflow.progress import log
+from adflow.progress import follow, log
 
 STAGE = "creative"
 HELD_OUT = ("test", "test_unseen")
@@ -124,22 +124,28 @@ def _records(examples: pd.DataFrame, image_size: int, order_seed: int | None) ->
 def _history_callback(path: str, phase: str, rank: int) -> Any:
     from transformers import TrainerCallback
 
-    class History(TrainerCallback):  # one JSON line per logging step (rank 0), and a progress line
+    class History(TrainerCallback):  # one JSON line per logging step (rank 0); the driver prints them
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
         ) -> None:
             if rank != 0 or not logs:
                 return
-            row = {"phase": phase, "step": int(state.global_step), **logs}
+            row = {"phase": phase, "step": int(state.global_step), "max_steps": int(state.max_steps), **logs}
             with open(path, "a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
-            shown = {k: v for k, v in logs.items() if k in ("loss", "reward", "rewards/accuracy_reward/mean")}
-            log(
-                STAGE,
-                f"{phase} step {state.global_step}/{state.max_steps} " + json.dumps(shown, default=float),
-            )
 
     return History()
+
+
+def _progress_line(row: dict[str, Any]) -> str | None:
+    """A history line as progress: phase, step of max, loss (SFT) or mean reward and accuracy (GRPO)."""
+    if "train_runtime" in row:
+        return f"{row['phase']} done in {row['train_runtime']:.0f}s"
+    where = f"{row['phase']} step {row['step']}/{row.get('max_steps', '?')}"
+    if "reward" in row:
+        acc = row.get("rewards/accuracy_reward/mean", float("nan"))
+        return f"{where}: reward {row['reward']:.3f}, sampled accuracy {acc:.3f}"
+    return f"{where}: loss {row['loss']:.3f}" if "loss" in row else None
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -469,7 +475,8 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
     history_path = out / "history.jsonl"
     history_path.unlink(missing_ok=True)
     t_fit = time.perf_counter()
-    result = fit(settings, out / "prepared", history_path)
+    with follow(history_path, STAGE, _progress_line):
+        result = fit(settings, out / "prepared", history_path)
     if result.error:
         raise RuntimeError(f"Creative4U training failed: {result.error}")
     fit_s = time.perf_counter() - t_fit
@@ -676,7 +683,7 @@ def run(
                     vals = {
                         f"{h['phase']}_{key.replace('/', '_')}": float(v)
                         for key, v in h.items()
-                        if isinstance(v, int | float) and key not in ("step", "epoch")
+                        if isinstance(v, int | float) and key not in ("step", "epoch", "max_steps")
                     }
                     sr.metrics(vals, step=k)
                 sr.metrics(result.metrics | {"train_s": result.seconds})
