@@ -60,17 +60,21 @@ def log(stage: str, message: str) -> None:
 
 @contextmanager
 def follow(
-    path: str | Path, stage: str, render: Callable[[dict[str, Any]], str | None], every_s: float = 2.0
+    path: str | Path,
+    stage: str,
+    render: Callable[[dict[str, Any]], str | None],
+    every_s: float = 2.0,
+    start: int = 0,
 ) -> Iterator[None]:
     """While the block runs, print a line for every JSON line appended to `path` (`render` makes it; None
     skips it). Ray workers' stdout does not reach the driver (log_to_driver is off), so training loops write
-    their progress to a history file and the driver follows it."""
+    their progress to a history file and the driver follows it. `start`: lines already there (a resumed run)."""
     import json
     import threading
 
     stop = threading.Event()
     src = Path(path)
-    seen = 0
+    seen = start
 
     def emit() -> None:
         nonlocal seen
@@ -79,10 +83,14 @@ def follow(
         lines = src.read_text().splitlines()
         for line in lines[seen:]:
             try:
-                text = render(json.loads(line))
+                row = json.loads(line)
             except ValueError:  # a line still being written: read it next time
                 break
             seen += 1
+            try:
+                text = render(row)
+            except Exception:  # a progress line must never stop the training it reports on
+                continue
             if text:
                 log(stage, text)
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from adflow import train as T
 from adflow.config import Settings
-from adflow.progress import log
+from adflow.progress import follow, log
 
 STAGE = "train_ctr"
 SPLITS = ("train", "val", "test")
@@ -216,6 +216,14 @@ def _set_rng_state(device: Any, state: Any) -> None:
         torch.set_rng_state(state)
 
 
+def _progress_line(row: dict[str, Any]) -> str:
+    """An epoch's history line as progress: each variant's validation AUC."""
+    aucs = ", ".join(
+        f"{k.removesuffix('_val_auc')} {v:.4f}" for k, v in row.items() if k.endswith("_val_auc")
+    )
+    return f"epoch {int(row['epoch'])} ({row.get('epoch_train_s', 0):.0f}s): validation AUC {aucs}"
+
+
 def fit(
     settings: Settings,
     data_dir: str | Path,
@@ -288,7 +296,8 @@ def train(
         settings.ctr_train.variants = usable
     history_path = out / "history.jsonl"
     done_before = len(history_path.read_text().splitlines()) if history_path.exists() else 0
-    result = fit(settings, data, out / "ray", "ctr", history_path, resume_from)
+    with follow(history_path, STAGE, _progress_line, start=done_before):
+        result = fit(settings, data, out / "ray", "ctr", history_path, resume_from)
     if result.error:
         raise RuntimeError(f"CTR training failed: {result.error}")
     history = [json.loads(line) for line in history_path.read_text().splitlines()[done_before:]]

@@ -24,7 +24,7 @@ import pandas as pd
 
 from adflow import train as T
 from adflow.config import Settings
-from adflow.progress import log
+from adflow.progress import follow, log
 
 STAGE = "moon"
 QUERY_TYPES = ("image", "text", "image_text", "attribute_text", "category_text")
@@ -447,6 +447,13 @@ def export(
     return paths
 
 
+def _progress_line(row: dict[str, Any]) -> str:
+    """An epoch's history line as progress: each variant's InfoNCE loss."""
+    phase = " (post-training)" if row.get("posttrain") else ""
+    losses = ", ".join(f"{k.removesuffix('_loss')} {v:.3f}" for k, v in row.items() if k.endswith("_loss"))
+    return f"epoch {int(row['epoch'])}{phase}: {losses}"
+
+
 def train(
     settings: Settings, dataset: str | Path, out_dir: str | Path, resume_from: str | None = None
 ) -> MoonResult:
@@ -460,7 +467,8 @@ def train(
     history_path = out / "history.jsonl"
     done_before = len(history_path.read_text().splitlines()) if history_path.exists() else 0
     t_fit = time.perf_counter()
-    result = fit(settings, out / "prepared", out / "ray", history_path, resume_from)
+    with follow(history_path, STAGE, _progress_line, start=done_before):
+        result = fit(settings, out / "prepared", out / "ray", history_path, resume_from)
     if result.error:
         raise RuntimeError(f"MOON training failed: {result.error}")
     if result.checkpoint is None:
