@@ -495,8 +495,11 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
         {"sft_grpo": out / "prepared" / "grpo"} if t.grpo_steps else {}
     )
     loaded = {}
+    device = (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )  # the driver's GPU, on a cluster step that has one
     for name, path in models.items():
-        loaded[name] = AutoModelForImageTextToText.from_pretrained(path).eval()
+        loaded[name] = AutoModelForImageTextToText.from_pretrained(path).to(device).eval()
         judged[name] = judge(loaded[name], processor, held, m.image_size, m.max_new_tokens, t.eval_batch_size)
     # one sample per example at temperature 1: what the policy GRPO trains does, beside its greedy answer
     torch.manual_seed(t.seed)
@@ -512,6 +515,7 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
     selector = loaded[served]
     save_selector(selector, processor, out / "selector", {"variant": served, "config": m.model_dump()})
     selector, processor, _ = load_selector(out / "selector")  # what serving loads, checked to load
+    selector.to(device)
 
     t_tour = time.perf_counter()
     tour, tour_examples = tournaments(settings, dataset, selector, processor, t.tournament_limit)
