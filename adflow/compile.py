@@ -47,6 +47,55 @@ def stamp_image(path: Path, image: str) -> int:
     return n
 
 
+_RESOURCE_FIELDS = {  # the IR's string field and its numeric twin, as kfp's own set_*_request writes them
+    "cpu_request": ("resourceCpuRequest", "cpuRequest"),
+    "cpu_limit": ("resourceCpuLimit", "cpuLimit"),
+    "memory_request": ("resourceMemoryRequest", "memoryRequest"),
+    "memory_limit": ("resourceMemoryLimit", "memoryLimit"),
+}
+_MEMORY_UNITS = {
+    "K": 1e-6,
+    "M": 1e-3,
+    "G": 1.0,
+    "T": 1e3,
+    "Ki": 1.024e-6,
+    "Mi": 1.048576e-3,
+    "Gi": 1.073741824,
+}
+
+
+def _number(kind: str, value: str) -> float:
+    """kfp's numeric twin of a quantity: CPUs ("500m" = 0.5), or memory in GB ("8G", "512Mi")."""
+    if kind.startswith("cpu"):
+        return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+    for unit in sorted(_MEMORY_UNITS, key=len, reverse=True):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * _MEMORY_UNITS[unit]
+    return float(value) / 1e9  # bytes
+
+
+def stamp_resources(path: Path, resources: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Set each step's CPU/memory requests and limits (`default`: every step not named). Returns what each
+    executor got; a name that is no step of the pipeline is refused with the step names."""
+    spec = yaml.safe_load(path.read_text())
+    executors = spec.get("deploymentSpec", {}).get("executors", {})
+    steps = {e.removeprefix("exec-").replace("-", "_"): e for e in executors}
+    if unknown := set(resources) - set(steps) - {"default"}:
+        raise ValueError(f"placement.step_resources: no step named {sorted(unknown)}; steps: {sorted(steps)}")
+    applied: dict[str, dict[str, str]] = {}
+    for step, executor in steps.items():
+        wanted = resources.get(step, resources.get("default", {}))
+        if not wanted or "container" not in executors[executor]:
+            continue
+        res = executors[executor]["container"].setdefault("resources", {})
+        for kind, value in wanted.items():
+            text_field, number_field = _RESOURCE_FIELDS[kind]
+            res[text_field], res[number_field] = str(value), _number(kind, str(value))
+        applied[step] = dict(wanted)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return applied
+
+
 def compile_pipeline(name: str, settings: Settings, out_dir: str | Path) -> Path:
     from kfp import compiler
 
@@ -57,6 +106,8 @@ def compile_pipeline(name: str, settings: Settings, out_dir: str | Path) -> Path
         load_pipeline(name), str(path), pipeline_parameters=pipeline_arguments(settings)
     )
     stamp_image(path, settings.placement.image)
+    if settings.placement.step_resources:
+        stamp_resources(path, settings.placement.step_resources)
     return path
 
 

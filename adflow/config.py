@@ -346,6 +346,20 @@ class Placement(Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     gpus_per_worker: float = Field(0, ge=0)
+    # CPU / memory of each pipeline step's pod, by step name ("default": every other step), stamped into the
+    # compiled pipeline: {"moon": {"cpu_request": "8", "memory_request": "64G"}}. The steps drive Ray; the
+    # training GPUs belong to the Ray workers (infra/k8s), not to these pods.
+    step_resources: dict[str, dict[str, str]] = {}
+
+    @model_validator(mode="after")
+    def _resources(self) -> Placement:
+        allowed = {"cpu_request", "cpu_limit", "memory_request", "memory_limit"}
+        for step, res in self.step_resources.items():
+            if unknown := set(res) - allowed:
+                raise ValueError(
+                    f"step_resources.{step}: unknown keys {sorted(unknown)}; use {sorted(allowed)}"
+                )
+        return self
 
     def workspace_path(self) -> Path:
         return Path(self.workspace).resolve()

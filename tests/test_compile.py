@@ -26,3 +26,26 @@ def test_every_pipeline_compiles(tmp_path: Path, placement: str) -> None:
         assert '"preset":"' + s.preset + '"' in params["settings_json"]["defaultValue"]
         tasks = spec["root"]["dag"]["tasks"]
         assert "validate" in tasks and any(t.startswith("condition-branches") for t in tasks)
+    if placement == "cluster":  # every step pod asks for the CPU/memory the placement gives it
+        want = s.placement.step_resources
+        for name, ex in executors.items():
+            step = name.removeprefix("exec-").replace("-", "_")
+            res, given = ex["container"]["resources"], want.get(step, want["default"])
+            assert res["resourceCpuRequest"] == given["cpu_request"]
+            assert res["resourceMemoryRequest"] == given["memory_request"]
+        assert (
+            executors["exec-moon"]["container"]["resources"]["memoryRequest"] == 64.0
+        )  # GB, as kfp writes it
+    else:
+        assert all("resources" not in ex["container"] for ex in executors.values())
+
+
+def test_step_resources_are_checked(tmp_path: Path) -> None:
+    from adflow.compile import _number, compile_pipeline
+
+    assert (_number("cpu_request", "500m"), _number("memory_limit", "512Mi")) == (0.5, 0.536870912)
+    with pytest.raises(ValueError, match="no step named"):
+        s = load_settings("tiny", "local", ["placement.step_resources={mooon: {cpu_request: '2'}}"])
+        compile_pipeline("ads_full", s, tmp_path)
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_settings("tiny", "local", ["placement.step_resources={moon: {gpus: '2'}}"])
