@@ -6,8 +6,9 @@ must not learn "A usually wins"), and GRPO's consistency reward compares the two
 swapped example's label is mirrored and its rationale re-derived from the creatives' design factors for the
 swapped order, so it names the same deciding factor in the other slot.
 
-Columns: pair_key, swapped, split, item_id, prompt (text), images (two paths: the first is "A"), label,
-deciding_factor, completion (`<think>rationale</think><answer>X</answer>`, the CoT-SFT target).
+Columns: pair_key, swapped, split, item_id, prompt (text), images (two paths: the first is "A"), creative_ids
+(the same two, as ids), label, deciding_factor, completion (`<think>rationale</think><answer>X</answer>`,
+the CoT-SFT target).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def pair_examples(dataset: str | Path, splits: tuple[str, ...] = ("train",)) -> 
                         str(root / creatives.loc[first, "image_path"]),
                         str(root / creatives.loc[second, "image_path"]),
                     ],
+                    "creative_ids": [int(first), int(second)],
                     "label": label,
                     "deciding_factor": deciding,
                     "completion": answer(pair_rationale(f1, f2, str(p.user_segment)), label),

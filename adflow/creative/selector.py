@@ -24,7 +24,7 @@ from transformers import Qwen2VLProcessor
 
 from adflow.config import CreativeModelConfig
 from adflow.creative.rewards import check_tags_are_text, parse
-from adflow.models.moon import MERGE, VISION, backbone_config, train_tokenizer
+from adflow.models.moon import VISION, backbone_config, image_processor, train_tokenizer
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 # Phrase tokens of at most this many characters: a rationale is ~45 tokens (not ~110 word pieces, nor a
@@ -61,22 +61,11 @@ class SelectorProcessor(Qwen2VLProcessor):
 
     @classmethod
     def build(cls, cfg: CreativeModelConfig, corpus: Sequence[str]) -> SelectorProcessor:
-        from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
-
         if cfg.backbone_path:
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(cfg.backbone_path)
-            images = Qwen2VLImageProcessorPil.from_pretrained(cfg.backbone_path)
-            return cls(images, tok, chat_template=tok.chat_template or CHAT_TEMPLATE)
-        pixels = cfg.image_size * cfg.image_size
-        images = Qwen2VLImageProcessorPil(
-            patch_size=cfg.patch_size,
-            merge_size=MERGE,
-            temporal_patch_size=2,
-            min_pixels=pixels,
-            max_pixels=pixels,
-        )
+            return cls(image_processor(cfg), tok, chat_template=tok.chat_template or CHAT_TEMPLATE)
         tok = train_tokenizer(
             corpus,
             cfg.vocab_size,
@@ -86,7 +75,7 @@ class SelectorProcessor(Qwen2VLProcessor):
             eos=IM_END,
             max_token_length=PHRASE_CHARS,
         )
-        return cls(images, tok, chat_template=CHAT_TEMPLATE)
+        return cls(image_processor(cfg), tok, chat_template=CHAT_TEMPLATE)
 
     def save(self, path: str | Path) -> None:
         # apart, as MOON's: loading a whole processor would reach for the fast (torchvision) image processor

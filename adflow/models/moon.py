@@ -70,6 +70,23 @@ def train_tokenizer(
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=eos)
 
 
+def image_processor(cfg: VLBackboneConfig) -> Any:
+    """Qwen2-VL's PIL image processor at the preset's fixed resolution (the fast one needs torchvision), or the
+    pretrained checkpoint's own."""
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+
+    if cfg.backbone_path:
+        return Qwen2VLImageProcessorPil.from_pretrained(cfg.backbone_path)
+    pixels = cfg.image_size * cfg.image_size
+    return Qwen2VLImageProcessorPil(
+        patch_size=cfg.patch_size,
+        merge_size=MERGE,
+        temporal_patch_size=2,
+        min_pixels=pixels,
+        max_pixels=pixels,
+    )
+
+
 class MoonProcessor:
     """Texts and images -> Qwen2-VL inputs (ids with image placeholders, pixel patches, M-RoPE token types)."""
 
@@ -82,26 +99,13 @@ class MoonProcessor:
 
     @classmethod
     def build(cls, cfg: MoonModelConfig, corpus: Sequence[str]) -> MoonProcessor:
-        from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
         if cfg.backbone_path:
             from transformers import AutoTokenizer
 
             # the PIL image processor: the fast one needs torchvision, which this platform does not ship
-            return cls(
-                AutoTokenizer.from_pretrained(cfg.backbone_path),
-                Qwen2VLImageProcessorPil.from_pretrained(cfg.backbone_path),
-                cfg,
-            )
-        pixels = cfg.image_size * cfg.image_size
-        image_processor = Qwen2VLImageProcessorPil(
-            patch_size=cfg.patch_size,
-            merge_size=MERGE,
-            temporal_patch_size=2,
-            min_pixels=pixels,
-            max_pixels=pixels,
-        )
-        return cls(train_tokenizer(corpus, cfg.vocab_size), image_processor, cfg)
+            return cls(AutoTokenizer.from_pretrained(cfg.backbone_path), image_processor(cfg), cfg)
+        return cls(train_tokenizer(corpus, cfg.vocab_size), image_processor(cfg), cfg)
 
     def save(self, path: str | Path) -> None:
         # saved apart: Qwen2VLProcessor would want a video processor, which needs torchvision (FIELD-NOTES)

@@ -432,8 +432,8 @@ def distil(
     # agreement on the held-out examples (each order is its own example, as the selector saw it)
     seg = pairs.set_index("pair_id")["user_segment"]
     held = judged.copy()
-    first_ids = [int(Path(p[0]).stem) for p in held["images"]]
-    second_ids = [int(Path(p[1]).stem) for p in held["images"]]
+    first_ids = [int(ids[0]) for ids in held["creative_ids"]]
+    second_ids = [int(ids[1]) for ids in held["creative_ids"]]
     p = scorer.p_first(
         creatives.loc[first_ids], creatives.loc[second_ids], seg.loc[held["pair_key"]].tolist()
     )
