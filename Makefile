@@ -37,6 +37,18 @@ setup: $(STAMP) ## create .venv with the locked dependencies (only if missing or
 run: setup ## run ads_full end to end on the embedded default (tiny preset); ARGS="--set world.n_users=800"
 	$(BIN)/adflow run --preset tiny --placement local $(ARGS)
 
+ui: setup ## the web console on http://127.0.0.1:8000 (admin tokens: ARGS="--tokens-file <file>")
+	$(BIN)/adflow ui $(ARGS)
+
+SYSTEM_PACKAGES := redis-server chromium chromium-driver
+system-deps: ## Debian packages some tests use: redis-server (Feast), chromium + chromium-driver (console)
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "system packages present: $(SYSTEM_PACKAGES)"; exit 0; fi; \
+	SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	echo "installing:$$missing"; \
+	{ $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; } >/dev/null \
+	  || echo "warning: could not install$$missing; the tests that need them skip and say why"
+
 test: setup ## run the test suite (everything that works on a 2-core CPU machine)
 	$(BIN)/pytest $(ARGS)
 
@@ -70,4 +82,4 @@ manifests: setup ## render the Kubernetes overlays and jobs (infra/k8s) to build
 	for t in overlays/dev overlays/prod-gpu jobs; do $(BIN)/kubectl kustomize infra/k8s/$$t > build/infra/$$(basename $$t).yaml; done
 	@ls build/infra
 
-.PHONY: help setup run test lint fmt compile bench loadtest lock clean manifests
+.PHONY: help setup run ui system-deps test lint fmt compile bench loadtest lock clean manifests

@@ -11,6 +11,7 @@ adflow config show --preset full --placement cluster
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,6 +50,9 @@ Sets = Annotated[
 ]
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 def _settings(preset: str, placement: str, sets: list[str] | None) -> Settings:
     try:
         return load_settings(preset, placement, sets or [])
@@ -62,13 +66,23 @@ def run(
     preset: Preset = "tiny",
     placement: Placement = "local",
     set_: Sets = None,
-    pipeline: Annotated[str, typer.Option(help="pipeline name")] = "ads_full",
+    pipeline: Annotated[str, typer.Option(help="pipeline name: ads_full | data_check")] = "ads_full",
+    run_id: Annotated[str | None, typer.Option(help="id for the run (default: time + random)")] = None,
 ) -> None:
-    """Run a pipeline end to end and print its summary (exit 1 if a stage failed)."""
-    from adflow.runner import run_pipeline
+    """Run a pipeline end to end and print its summary (exit 1 if a stage failed, 143 if cancelled)."""
+    from adflow.runner import cancel_on_sigterm, run_pipeline
+    from pipelines import PIPELINES
 
-    summary = run_pipeline(_settings(preset, placement, set_), pipeline)
-    raise typer.Exit(0 if summary.status in ("succeeded", "submitted") else 1)
+    if pipeline not in PIPELINES:
+        typer.secho(f"error: unknown pipeline {pipeline!r}: {' | '.join(PIPELINES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    if run_id is not None and not _RUN_ID.fullmatch(run_id):
+        typer.secho(f"error: run id {run_id!r}: letters, digits, '-' and '_' only", fg="red", err=True)
+        raise typer.Exit(2)
+    cancel_on_sigterm()
+    summary = run_pipeline(_settings(preset, placement, set_), pipeline, run_id=run_id)
+    codes = {"succeeded": 0, "submitted": 0, "cancelled": 143}
+    raise typer.Exit(codes.get(summary.status, 1))
 
 
 @data_app.command("synth")
@@ -473,6 +487,47 @@ def ab_conclude(
             lambda: registry.promote(s.placement.tracking_uri(), model, f"won A/B test {name}: {reason}", v)
         )
         typer.echo(f"{model}@{m.alias}: {m.from_version} -> {m.to_version}")
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="admin tokens, one user:token per line (default: $ADFLOW_CONSOLE_TOKENS_FILE, "
+            "then $ADFLOW_CONSOLE_TOKENS; none: read-only)"
+        ),
+    ] = None,
+    mlflow_ui: Annotated[
+        str | None, typer.Option(help="MLflow UI address for links (default: the tracking URI if it is http)")
+    ] = None,
+    router_url: Annotated[
+        str | None, typer.Option(help="a running router (adflow serve) to show its live status")
+    ] = None,
+    timeout_s: Annotated[float, typer.Option(help="longest a page waits on MLflow or the A/B store")] = 10.0,
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Serve the web console: trigger runs, promote models, roll out A/B experiments (Ctrl-C stops it)."""
+    import os
+
+    import uvicorn
+
+    from adflow.console.app import create_app
+    from adflow.console.auth import TokenConfigError, Tokens
+    from adflow.console.core import ConsoleCore
+
+    s = _settings("tiny", placement, set_)
+    tokens = _refusing(lambda: Tokens.load(tokens_file), (TokenConfigError,))
+    # a remote MLflow that hangs must not hang the console's pages (their own limit is timeout_s)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    core = ConsoleCore(s, placement, list(set_ or []), mlflow_ui, router_url)
+    mode = f"{len(tokens.users)} admin token(s)" if tokens.configured else "read-only (no admin tokens)"
+    typer.echo(f"adflow console on http://{host}:{port} · placement {placement} · {mode}")
+    uvicorn.run(create_app(core, tokens, timeout_s), host=host, port=port, log_level="warning")
 
 
 @app.command()

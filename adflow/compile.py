@@ -74,13 +74,16 @@ def _number(kind: str, value: str) -> float:
     return float(value) / 1e9  # bytes
 
 
-def stamp_resources(path: Path, resources: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+def stamp_resources(
+    path: Path, resources: dict[str, dict[str, str]], other_steps: set[str] | frozenset[str] = frozenset()
+) -> dict[str, dict[str, str]]:
     """Set each step's CPU/memory requests and limits (`default`: every step not named). Returns what each
-    executor got; a name that is no step of the pipeline is refused with the step names."""
+    executor got. A name that is no step of this pipeline nor in `other_steps` (the other pipelines' steps:
+    one placement serves every pipeline) is refused with the step names: it is a typo."""
     spec = yaml.safe_load(path.read_text())
     executors = spec.get("deploymentSpec", {}).get("executors", {})
     steps = {e.removeprefix("exec-").replace("-", "_"): e for e in executors}
-    if unknown := set(resources) - set(steps) - {"default"}:
+    if unknown := set(resources) - set(steps) - set(other_steps) - {"default"}:
         raise ValueError(f"placement.step_resources: no step named {sorted(unknown)}; steps: {sorted(steps)}")
     applied: dict[str, dict[str, str]] = {}
     for step, executor in steps.items():
@@ -107,8 +110,15 @@ def compile_pipeline(name: str, settings: Settings, out_dir: str | Path) -> Path
     )
     stamp_image(path, settings.placement.image)
     if settings.placement.step_resources:
-        stamp_resources(path, settings.placement.step_resources)
+        stamp_resources(path, settings.placement.step_resources, all_steps())
     return path
+
+
+def all_steps() -> set[str]:
+    """Every step name of every pipeline."""
+    from pipelines import PIPELINES
+
+    return {st.name for ref in PIPELINES.values() for st in importlib.import_module(ref.split(":")[0]).STAGES}
 
 
 def compile_all(settings: Settings, out_dir: str | Path) -> list[Path]:

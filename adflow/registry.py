@@ -68,8 +68,9 @@ def move_alias(
     reason: str,
     action: str = "promote",
     gate_report: str | None = None,
+    by: str | None = None,
 ) -> Move:
-    """Point `alias` at `version` and record the move."""
+    """Point `alias` at `version` and record the move; `by`: who (default: this process's user)."""
     versions = {int(v.version) for v in c.search_model_versions(f"name = '{name}'")}
     if version not in versions:
         raise RegistryError(f"{name} has no version {version} (versions: {sorted(versions) or 'none'})")
@@ -78,7 +79,7 @@ def move_alias(
     before = alias_version(c, name, alias)
     c.set_registered_model_alias(name, alias, str(version))
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return _record(c, name, Move(now, who(), action, alias, before, version, reason, gate_report))
+    return _record(c, name, Move(now, by or who(), action, alias, before, version, reason, gate_report))
 
 
 def history(c: Any, name: str) -> list[Move]:
@@ -88,7 +89,12 @@ def history(c: Any, name: str) -> list[Move]:
 
 
 def promote(
-    tracking_uri: str, name: str, reason: str, version: int | None = None, to: str = CHAMPION
+    tracking_uri: str,
+    name: str,
+    reason: str,
+    version: int | None = None,
+    to: str = CHAMPION,
+    by: str | None = None,
 ) -> Move:
     """Move `to` (default champion) to `version` (default: the current challenger)."""
     c = client(tracking_uri)
@@ -96,10 +102,10 @@ def promote(
         version = alias_version(c, name, CHALLENGER)
         if version is None:
             raise RegistryError(f"{name} has no '{CHALLENGER}' to promote: give --version")
-    return move_alias(c, name, to, version, reason, "promote")
+    return move_alias(c, name, to, version, reason, "promote", by=by)
 
 
-def rollback(tracking_uri: str, name: str, reason: str, alias: str = CHAMPION) -> Move:
+def rollback(tracking_uri: str, name: str, reason: str, alias: str = CHAMPION, by: str | None = None) -> Move:
     """Point `alias` back at the version it held before its latest move."""
     c = client(tracking_uri)
     current = alias_version(c, name, alias)
@@ -111,7 +117,7 @@ def rollback(tracking_uri: str, name: str, reason: str, alias: str = CHAMPION) -
     )
     if previous is None:
         raise RegistryError(f"{name}@{alias} (version {current}) has no earlier version to roll back to")
-    return move_alias(c, name, alias, previous, reason, "rollback")
+    return move_alias(c, name, alias, previous, reason, "rollback", by=by)
 
 
 def register(

@@ -35,10 +35,29 @@ def _stages(pipeline: str) -> Any:
     return module.STAGES
 
 
-def run_pipeline(settings: Settings, pipeline: str = "ads_full", show: bool = True) -> RunSummary:
+class Cancelled(BaseException):
+    """Raised in the runner by SIGTERM (the console's cancel): the run stops, but its summary is still written."""
+
+
+def cancel_on_sigterm() -> None:
+    """Turn SIGTERM into `Cancelled`, so `finally` blocks run (the local Ray head is stopped) and the summary
+    says "cancelled"; Python's default for SIGTERM is to die on the spot."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Cancelled(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_pipeline(
+    settings: Settings, pipeline: str = "ads_full", show: bool = True, run_id: str | None = None
+) -> RunSummary:
+    """Run `pipeline` and write its summary. `run_id`: the caller's id for it (the console names runs before
+    they start, to find them in MLflow while they run); default a new one."""
     settings = settings.resolved()
     p = settings.placement
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     ws = p.workspace_path()
@@ -62,11 +81,26 @@ def run_pipeline(settings: Settings, pipeline: str = "ads_full", show: bool = Tr
     stage_run.params(settings.model_dump(exclude={"placement"}))
     args = pipeline_arguments(settings, parent_id)
     error: str | None = None
-    if p.kfp_host:
-        status, error = _submit(settings, pipeline, args, run_id)
-    else:
-        status, error = _run_local(settings, pipeline, args, ws, run_id)
+    try:
+        if p.kfp_host:
+            status, error = _submit(settings, pipeline, args, run_id)
+        else:
+            status, error = _run_local(settings, pipeline, args, ws, run_id)
+    except (Cancelled, KeyboardInterrupt):
+        status, error = "cancelled", "cancelled by a person (SIGTERM or Ctrl-C) before it finished"
+        cancelled_ms = int(time.time() * 1000)
     stages = stage_summaries(c, exp_id, parent_id, _stages(pipeline))
+    if status == "cancelled":
+        for st in stages:
+            # the stage that was going when the run was stopped: it never finishes, or it fails because its
+            # task process was stopped with the run (a broken pipe); either way it was cancelled, not broken
+            if st.status in ("running", "failed") and st.mlflow_run_id:
+                end = c.get_run(st.mlflow_run_id).info.end_time
+                if end is None or end >= cancelled_ms - 2000:
+                    c.set_tag(st.mlflow_run_id, tracking.STATUS_TAG, "cancelled")
+                    if end is None:
+                        c.set_terminated(st.mlflow_run_id, "KILLED")
+                    st.status, st.error = "cancelled", None
     if status == "failed" and error is None:
         error = next((s.error for s in stages if s.status == "failed"), "pipeline failed")
     summary = RunSummary(
@@ -84,7 +118,8 @@ def run_pipeline(settings: Settings, pipeline: str = "ads_full", show: bool = Tr
     path = write(summary, p.runs_dir)
     c.log_artifact(parent_id, str(path))
     c.log_metric(parent_id, "duration_s", summary.duration_s)
-    c.set_terminated(parent_id, "FINISHED" if status in ("succeeded", "submitted") else "FAILED")
+    end = {"succeeded": "FINISHED", "submitted": "FINISHED", "cancelled": "KILLED"}.get(status, "FAILED")
+    c.set_terminated(parent_id, end)
     if show:
         render(summary)
     return summary

@@ -170,7 +170,13 @@ def render(summary: RunSummary) -> None:
     from rich.table import Table
 
     console = Console(width=max(100, Console().width))
-    colour = {"succeeded": "green", "failed": "red", "skipped": "dim", "not run": "yellow"}
+    colour = {
+        "succeeded": "green",
+        "failed": "red",
+        "skipped": "dim",
+        "not run": "yellow",
+        "cancelled": "yellow",
+    }
     t = Table(
         title=f"{summary.pipeline} · run {summary.run_id} · preset {summary.preset} · {summary.placement}"
     )
@@ -198,6 +204,7 @@ def render(summary: RunSummary) -> None:
         f"MLflow: {summary.mlflow.get('tracking_uri')} (parent run {summary.mlflow.get('parent_run_id')})",
         soft_wrap=True,
     )
+    console.print("console: .venv/bin/adflow ui  (http://127.0.0.1:8000: runs, models, experiments)")
     failed = [s for s in summary.stages if s.status == "failed"]
     for s in failed:
         console.print(f"[red]stage {s.name} failed:[/]")

@@ -12,6 +12,7 @@ post-training and catalog embeddings on Ray -> Feast features (text and MOON emb
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 from kfp import dsl
 
@@ -53,12 +54,11 @@ STAGES = (
 USES_RAY = True  # the runner starts one local Ray head for the run when no placement.ray_address is set
 
 
-@dsl.pipeline(
-    name="ads-full", description="Ads platform chain: data -> validation (-> training, gates, deployment)."
-)
-def ads_full(
-    settings_json: str, source: str = "synth", tracking_uri: str = "", parent_run_id: str = ""
-) -> None:
+def validated_dataset(
+    settings_json: Any, source: Any, tracking_uri: Any, parent_run_id: Any
+) -> tuple[Any, Any]:
+    """The stages every pipeline starts with: synthesise or import (by `source`), then validate. Called inside a
+    pipeline function (the tasks join that pipeline); returns the data set and the validation task."""
     with dsl.If(source == "synth", name="synthetic-world"):
         world = synth(settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
         world.set_display_name("synth")
@@ -70,6 +70,16 @@ def ads_full(
         settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id, dataset=dataset
     )
     checked.set_display_name("validate")
+    return dataset, checked
+
+
+@dsl.pipeline(
+    name="ads-full", description="Ads platform chain: data -> validation (-> training, gates, deployment)."
+)
+def ads_full(
+    settings_json: str, source: str = "synth", tracking_uri: str = "", parent_run_id: str = ""
+) -> None:
+    dataset, checked = validated_dataset(settings_json, source, tracking_uri, parent_run_id)
     selector = creative(
         settings_json=settings_json, tracking_uri=tracking_uri, parent_run_id=parent_run_id, dataset=dataset
     )

@@ -74,3 +74,32 @@ def world_copy(small_world: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "dataset"
     shutil.copytree(small_world, dst)
     return dst
+
+
+# ---------------------------------------------------------------- the web console
+ADMIN_TOKEN = "alice-" + "t0ken" * 4  # test-only tokens; real ones live in a file that is never committed
+OTHER_TOKEN = "bob-" + "s3cret" * 4
+
+
+def console_core(tmp: Path) -> object:
+    """A console over a temp workspace (small world), with `ctr-ciubm` v1 champion and v2 challenger."""
+    import torch
+
+    from adflow import registry
+    from adflow.console.core import ConsoleCore
+    from adflow.tracking import client, ensure_experiment
+
+    base = [*SMALL, f"placement.workspace={tmp / 'ws'}", f"placement.runs_dir={tmp / 'runs'}"]
+    s = load_settings("tiny", "local", base).resolved()
+    uri = s.placement.tracking_uri()
+    c = client(uri)
+    exp = ensure_experiment(c, s.placement.mlflow_experiment, s.placement.artifact_root())
+    path = tmp / "predictor.pt"
+    torch.save(torch.nn.Linear(2, 1), path)
+    name = s.registry.model_name
+    for k, alias in ((1, registry.CHAMPION), (2, registry.CHALLENGER)):
+        run = c.create_run(exp, run_name=f"train-{k}")
+        v = registry.register(uri, run.info.run_id, str(path), name, {"gate_reason": f"candidate {k} passed"},
+                              ["torch==2.13.0"])  # fmt: skip
+        registry.move_alias(c, name, alias, v, f"gate passed ({k})", "register", by="pipeline")
+    return ConsoleCore(s, "local", base, cwd=Path(__file__).parents[1])

@@ -17,7 +17,7 @@ def test_every_pipeline_compiles(tmp_path: Path, placement: str) -> None:
     assert sorted(p.stem for p in paths) == sorted(PIPELINES)
     for path in paths:
         spec = yaml.safe_load(path.read_text())
-        assert spec["pipelineInfo"]["name"] == "ads-full"
+        assert spec["pipelineInfo"]["name"] == path.stem.replace("_", "-")
         executors = spec["deploymentSpec"]["executors"]
         assert executors and {e["container"]["image"] for e in executors.values()} == {s.placement.image}
         params = spec["root"]["inputDefinitions"]["parameters"]
@@ -28,6 +28,7 @@ def test_every_pipeline_compiles(tmp_path: Path, placement: str) -> None:
         assert "validate" in tasks and any(t.startswith("condition-branches") for t in tasks)
     if placement == "cluster":  # every step pod asks for the CPU/memory the placement gives it
         want = s.placement.step_resources
+        executors = yaml.safe_load((tmp_path / "ads_full.yaml").read_text())["deploymentSpec"]["executors"]
         for name, ex in executors.items():
             step = name.removeprefix("exec-").replace("-", "_")
             res, given = ex["container"]["resources"], want.get(step, want["default"])

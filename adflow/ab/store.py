@@ -102,8 +102,11 @@ def _now() -> str:
 
 
 class ABStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, actor: str | None = None) -> None:
+        """`actor`: who the changes made through this handle are recorded as (default: this process's user;
+        the console passes the signed-in person)."""
         self.path = Path(path)
+        self.actor = actor
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -257,6 +260,15 @@ class ABStore:
         row = cur.fetchone()
         return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
 
+    def counts(self, name: str) -> tuple[int, int]:
+        """(exposures, clicked exposures) so far, without loading the log."""
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(EXISTS (SELECT 1 FROM clicks c WHERE c.exposure_id = e.exposure_id)), 0) "
+            "FROM exposures e WHERE e.experiment = ?",
+            (name,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     def exposures(self, name: str) -> pd.DataFrame:
         """One row per exposure with click = 1 if it was clicked (at least once)."""
         return pd.read_sql_query(
@@ -286,7 +298,7 @@ class ABStore:
     def _event(self, name: str, action: str, detail: dict[str, object]) -> None:
         self.db.execute(
             "INSERT INTO events (experiment, at, who, action, detail) VALUES (?,?,?,?,?)",
-            (name, _now(), who(), action, json.dumps(detail, sort_keys=True)),
+            (name, _now(), self.actor or who(), action, json.dumps(detail, sort_keys=True)),
         )
 
 

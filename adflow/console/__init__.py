@@ -1,0 +1,1 @@
+"""The web console (`adflow ui`): pipelines, models, experiments; core.py does the work, app.py serves it."""

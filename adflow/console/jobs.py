@@ -1,0 +1,252 @@
+"""Pipeline runs started from the console: each is `adflow run` in its own process, named before it starts.
+
+A run is the same command a person types (`adflow run --pipeline ... --preset ... --set ...`), so the console
+has no pipeline logic of its own: locally it runs on the KFP local runner; with `placement.kfp_host` set the
+command submits the compiled pipeline to Kubeflow and ends. The console records who started what in its own
+SQLite file beside the A/B store, keeps each run's output in a log file, and reads per-stage progress from
+MLflow while the run goes (the stages log there as they finish) and from the run's summary once it ends.
+
+Cancel sends SIGTERM to the run's process: the runner turns it into a clean stop (the local Ray head is shut
+down, the summary says "cancelled"); whatever is left after a grace period is killed with its process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, preset TEXT NOT NULL, placement TEXT NOT NULL,
+    overrides TEXT NOT NULL, who TEXT NOT NULL, status TEXT NOT NULL, pid INTEGER, exit_code INTEGER,
+    started_at TEXT NOT NULL, finished_at TEXT, log TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT NOT NULL, detail TEXT NOT NULL, outcome TEXT NOT NULL);
+"""
+ACTIVE = ("running", "cancelling")
+CANCEL_GRACE_S = 60.0  # the runner needs a few seconds to stop Ray and write its summary
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Job:
+    run_id: str
+    pipeline: str
+    preset: str
+    placement: str
+    overrides: list[str]
+    who: str
+    status: str  # running | cancelling | succeeded | failed | cancelled | submitted | lost
+    pid: int | None
+    exit_code: int | None
+    started_at: str
+    finished_at: str | None
+    log: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AuditEntry:
+    at: str
+    who: str
+    action: str
+    target: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    outcome: str = "ok"
+
+
+class ConsoleDB:
+    """The console's own state: runs it started and the audit log of every mutating action."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return list(self.db.execute(sql, args))
+
+    # ---- audit
+    def audit(self, who: str, action: str, target: str, detail: dict[str, Any], outcome: str = "ok") -> None:
+        self.execute(
+            "INSERT INTO audit (at, who, action, target, detail, outcome) VALUES (?,?,?,?,?,?)",
+            (now(), who, action, target, json.dumps(detail, sort_keys=True, default=str), outcome),
+        )
+
+    def audit_log(self, limit: int = 500) -> list[AuditEntry]:
+        rows = self.execute(
+            "SELECT at, who, action, target, detail, outcome FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [AuditEntry(a, w, act, t, json.loads(d), o) for a, w, act, t, d, o in rows]
+
+    # ---- jobs
+    def insert(self, job: Job) -> None:
+        self.execute(
+            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job.run_id, job.pipeline, job.preset, job.placement, json.dumps(job.overrides), job.who,
+             job.status, job.pid, job.exit_code, job.started_at, job.finished_at, job.log),
+        )  # fmt: skip
+
+    def update(self, run_id: str, **values: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in values)
+        self.execute(f"UPDATE jobs SET {cols} WHERE run_id = ?", (*values.values(), run_id))
+
+    def job(self, run_id: str) -> Job | None:
+        rows = self.execute("SELECT * FROM jobs WHERE run_id = ?", (run_id,))
+        return _job(rows[0]) if rows else None
+
+    def jobs(self) -> list[Job]:
+        return [_job(r) for r in self.execute("SELECT * FROM jobs ORDER BY started_at DESC")]
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    r = list(row)
+    r[4] = json.loads(r[4])
+    return Job(*r)
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def summary_of(runs_dir: str | Path, run_id: str) -> dict[str, Any] | None:
+    path = Path(runs_dir) / run_id / "summary.json"
+    try:
+        out: dict[str, Any] = json.loads(path.read_text())
+        return out
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class Launcher:
+    """Starts, watches and cancels `adflow run` processes. `base_overrides` (the console's own --set values,
+    e.g. the workspace) come before each run's own."""
+
+    def __init__(
+        self,
+        db: ConsoleDB,
+        logs_dir: str | Path,
+        runs_dir: str | Path,
+        placement: str,
+        base_overrides: list[str],
+        cwd: str | Path | None = None,
+    ) -> None:
+        self.db = db
+        self.logs = Path(logs_dir)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.runs_dir = Path(runs_dir)
+        self.placement = placement
+        self.base = list(base_overrides)
+        self.cwd = str(cwd or Path.cwd())
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.reconcile()
+
+    def command(self, pipeline: str, preset: str, overrides: list[str], run_id: str) -> list[str]:
+        sets = [x for o in [*self.base, *overrides] for x in ("--set", o)]
+        return [sys.executable, "-m", "adflow", "run", "--pipeline", pipeline, "--preset", preset,
+                "--placement", self.placement, "--run-id", run_id, *sets]  # fmt: skip
+
+    def start(self, pipeline: str, preset: str, overrides: list[str], who: str) -> Job:
+        """Start a run (the caller has validated the settings); returns at once."""
+        run_id = new_run_id()
+        log = self.logs / f"{run_id}.log"
+        cmd = self.command(pipeline, preset, overrides, run_id)
+        with log.open("wb") as out:
+            out.write(f"$ adflow {' '.join(cmd[3:])}\n".encode())
+            out.flush()
+            env = {**os.environ, "ADFLOW_USER": who, "PYTHONUNBUFFERED": "1"}
+            # its own session: cancel can stop the run and every task process it started, and a console
+            # restart does not take the run with it
+            proc = subprocess.Popen(cmd, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)  # fmt: skip
+        job = Job(run_id, pipeline, preset, self.placement, overrides, who, "running", proc.pid, None, now(),
+                  None, str(log))  # fmt: skip
+        self.db.insert(job)
+        self.procs[run_id] = proc
+        threading.Thread(target=self._wait, args=(run_id, proc), daemon=True, name=f"wait-{run_id}").start()
+        return job
+
+    def _wait(self, run_id: str, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.wait()
+        self._finish(run_id, code)
+
+    def _finish(self, run_id: str, code: int | None) -> None:
+        job = self.db.job(run_id)
+        summary = summary_of(self.runs_dir, run_id)
+        if summary is not None:
+            status = summary["status"]
+        elif job is not None and job.status == "cancelling":
+            status = "cancelled"  # killed before the runner could write its summary
+        else:
+            status = "failed" if code is not None else "lost"
+        self.db.update(run_id, status=status, exit_code=code, finished_at=now())
+        self.procs.pop(run_id, None)
+
+    def cancel(self, run_id: str) -> Job:
+        job = self.db.job(run_id)
+        if job is None:
+            raise KeyError(run_id)
+        if job.status not in ACTIVE or job.pid is None:
+            raise ValueError(f"run {run_id} is {job.status}: only a running run can be cancelled")
+        self.db.update(run_id, status="cancelling")
+        pid = job.pid
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            self._finish(run_id, None)
+            return self.db.job(run_id) or job
+        threading.Thread(target=self._kill_later, args=(run_id, pid), daemon=True).start()
+        return self.db.job(run_id) or job
+
+    def _kill_later(self, run_id: str, pid: int) -> None:
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                break
+            time.sleep(0.5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # the run's session: any task process still left
+        if run_id not in self.procs:  # a run from before a console restart: no waiter thread
+            self._finish(run_id, None)
+
+    def reconcile(self) -> None:
+        """After a console restart: runs whose process is gone are settled from their summary."""
+        for job in self.db.jobs():
+            if job.status in ACTIVE and job.run_id not in self.procs and not (job.pid and _alive(job.pid)):
+                self._finish(job.run_id, None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not yet reaped by us) counts as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
