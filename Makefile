@@ -18,7 +18,7 @@ QUIET_PIP := grep -v "^WARNING: Location 'file:" || true
 ARGS ?=
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (the lock is for CPython 3.11)"; exit 1; }
@@ -37,11 +37,14 @@ setup: $(STAMP) ## create .venv with the locked dependencies (only if missing or
 run: setup ## run ads_full end to end on the embedded default (tiny preset); ARGS="--set world.n_users=800"
 	$(BIN)/adflow run --preset tiny --placement local $(ARGS)
 
+run-services: setup system-deps ## ads_full against real servers on loopback: MLflow on PostgreSQL, Redis, 2-node Ray
+	$(BIN)/adflow services run --preset tiny $(ARGS)
+
 ui: setup ## the web console on http://127.0.0.1:8000 (admin tokens: ARGS="--tokens-file <file>")
 	$(BIN)/adflow ui $(ARGS)
 
-SYSTEM_PACKAGES := redis-server chromium chromium-driver
-system-deps: ## Debian packages some tests use: redis-server (Feast), chromium + chromium-driver (console)
+SYSTEM_PACKAGES := redis-server postgresql chromium chromium-driver
+system-deps: ## Debian packages: redis-server + postgresql (run-services, Feast), chromium + chromium-driver (console)
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then echo "system packages present: $(SYSTEM_PACKAGES)"; exit 0; fi; \
 	SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
@@ -82,4 +85,4 @@ manifests: setup ## render the Kubernetes overlays and jobs (infra/k8s) to build
 	for t in overlays/dev overlays/prod-gpu jobs; do $(BIN)/kubectl kustomize infra/k8s/$$t > build/infra/$$(basename $$t).yaml; done
 	@ls build/infra
 
-.PHONY: help setup run ui system-deps test lint fmt compile bench loadtest lock clean manifests
+.PHONY: help setup run run-services ui system-deps test lint fmt compile bench loadtest lock clean manifests

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,6 +39,11 @@ app.add_typer(config_app, name="config")
 ab_app = typer.Typer(
     help="A/B experiments: create, ramp, pause, stop (kill switch), status, report.", no_args_is_help=True
 )
+services_app = typer.Typer(
+    help="Cluster mode on one machine: PostgreSQL-backed MLflow, Redis, a two-node Ray, on loopback.",
+    no_args_is_help=True,
+)
+app.add_typer(services_app, name="services")
 app.add_typer(model_app, name="model")
 app.add_typer(ab_app, name="ab")
 
@@ -487,6 +493,54 @@ def ab_conclude(
             lambda: registry.promote(s.placement.tracking_uri(), model, f"won A/B test {name}: {reason}", v)
         )
         typer.echo(f"{model}@{m.alias}: {m.from_version} -> {m.to_version}")
+
+
+def _services_root(s: Settings) -> Path:
+    return s.resolved().placement.workspace_path() / "servers"
+
+
+@services_app.command("run")
+def services_run(
+    preset: Preset = "tiny",
+    set_: Sets = None,
+    pipeline: Annotated[str, typer.Option(help="pipeline name: ads_full | data_check")] = "ads_full",
+) -> None:
+    """Start the servers, run the pipeline against them (placement `services`), stop them; exit as `adflow run`."""
+    from adflow import services
+    from adflow.runner import cancel_on_sigterm, run_pipeline
+
+    s = _settings(preset, "services", set_)
+    cancel_on_sigterm()
+    try:
+        with services.start(_services_root(s), s.placement.num_workers) as svc:
+            typer.echo(
+                f"servers: MLflow {svc.mlflow_uri} · Redis {svc.redis_url} · Ray {svc.ray_address} (2 nodes)"
+            )
+            summary = run_pipeline(_settings(preset, "services", [*(set_ or []), *svc.overrides()]), pipeline)
+    except services.ServiceError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    raise typer.Exit({"succeeded": 0, "cancelled": 143}.get(summary.status, 1))
+
+
+@services_app.command("up")
+def services_up(set_: Sets = None) -> None:
+    """Start the servers and print their addresses (and the --set values that use them) until Ctrl-C."""
+    from adflow import services
+
+    s = _settings("tiny", "services", set_)
+    try:
+        with services.start(_services_root(s), s.placement.num_workers) as svc:
+            typer.echo(f"MLflow   {svc.mlflow_uri}   (backend {svc.postgres_url})\nRedis    {svc.redis_url}\n"
+                       f"Ray      {svc.ray_address} (head + 1 worker node)\nrun against them:\n  adflow run "
+                       f"--placement services {' '.join('--set ' + o for o in svc.overrides())}\nCtrl-C stops them")  # fmt: skip
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    except services.ServiceError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
 
 
 @app.command()

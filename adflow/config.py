@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 PRESET_DIR = Path(__file__).parent / "presets"
 WHAT_PRESETS = ("tiny", "full")
-WHERE_PRESETS = ("local", "cluster")
+WHERE_PRESETS = ("local", "services", "cluster")
 
 
 class ConfigError(ValueError):

@@ -35,19 +35,29 @@ def local_head(num_cpus: int | None = None, timeout_s: float = 120) -> Iterator[
     `ray start --block` runs in its own process group, which is stopped at the end: `ray stop` would kill
     every Ray process on the machine, another run's or an in-process driver's included.
     """
+    args = ["--head", "--port=0", "--include-dashboard=false"]
+    with _ray_start(args, num_cpus, r"--address='([^']+)'", timeout_s) as address:
+        log("ray", f"local Ray head at {address}")
+        yield address
+
+
+@contextmanager
+def worker_node(address: str, num_cpus: int | None = None, timeout_s: float = 120) -> Iterator[None]:
+    """Join a second node (its own raylet and object store, a separate process tree) to the head at `address`
+    for the duration of the block: tasks and training workers then spread over two nodes, as on a cluster."""
+    with _ray_start([f"--address={address}"], num_cpus, r"(Ray runtime started)", timeout_s):
+        log("ray", f"worker node joined {address}")
+        yield
+
+
+@contextmanager
+def _ray_start(args: list[str], num_cpus: int | None, ready: str, timeout_s: float) -> Iterator[str]:
+    """`ray start --block ARGS`; yields the first group of `ready` found in its output; stops it at the end."""
     import threading
     import time
 
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [
-        _ray_bin(),
-        "start",
-        "--head",
-        "--block",
-        "--port=0",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-    ]
+    cmd = [_ray_bin(), "start", "--block", "--disable-usage-stats", *args]
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
     proc = subprocess.Popen(
@@ -55,26 +65,25 @@ def local_head(num_cpus: int | None = None, timeout_s: float = 120) -> Iterator[
     )
     assert proc.stdout is not None
     seen: list[str] = []
-    address = None
+    found = None
     deadline = time.time() + timeout_s
-    while address is None and time.time() < deadline:
+    while found is None and time.time() < deadline:
         line = proc.stdout.readline()
         if not line:
             if proc.poll() is not None:
                 break
             continue
         seen.append(line)
-        match = re.search(r"--address='([^']+)'", line)
+        match = re.search(ready, line)
         if match:
-            address = match.group(1)
-    if address is None:
+            found = match.group(1)
+    if found is None:
         _stop(proc)
-        raise RuntimeError("ray start failed:\n" + "".join(seen[-40:]))
-    # keep draining its output so the head never blocks on a full pipe
+        raise RuntimeError(f"{' '.join(cmd[1:])} failed:\n" + "".join(seen[-40:]))
+    # keep draining its output so it never blocks on a full pipe
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    log("ray", f"local Ray head at {address}")
     try:
-        yield address
+        yield found
     finally:
         _stop(proc)
 

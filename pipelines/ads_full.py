@@ -1,4 +1,4 @@
-"""ads_full: the whole chain, data to deployment. Each issue adds its stages here.
+"""ads_full: the whole chain, from data to a model served in an A/B test.
 
     make run                                         # local: KFP local runner, tiny preset
     adflow run --preset full --placement cluster     # submit to Kubeflow (compiled with the placement's image)

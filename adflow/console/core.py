@@ -113,7 +113,7 @@ class ConsoleCore:
         out = []
         for name, ref in PIPELINES.items():
             module = importlib.import_module(ref.split(":")[0])
-            doc = (module.__doc__ or "").strip().splitlines()[0]
+            doc = (module.__doc__ or "").strip().splitlines()[0].removeprefix(f"{name}:").strip()
             stages = [{"name": s.name, "doc": s.doc, "branch_of": s.branch_of} for s in module.STAGES]
             out.append({"name": name, "doc": doc, "stages": stages})
         return out
