@@ -462,37 +462,20 @@ def ab_conclude(
     set_: Sets = None,
 ) -> None:
     """End the experiment with a winner; with --promote, move the champion alias to the winner's model."""
-    from adflow import registry
-    from adflow.tracking import client
+    from mlflow.exceptions import MlflowException
+
+    from adflow.ab.conclude import conclude
 
     s = _settings("tiny", placement, set_).resolved()
     store = _ab_store(placement, set_)
-    exp = _ab_call(lambda: store.get(name))
-    arm = next((a for a in exp.arms if a.name == winner), None)
-    if arm is None:
-        typer.secho(
-            f"error: {name} has no arm {winner!r} (arms: {[a.name for a in exp.arms]})", fg="red", err=True
-        )
-        raise typer.Exit(2)
-    model = s.registry.model_name
-    version: int | None = None
-    if promote:  # resolve before anything is written: a bad reference refuses the whole command
-        kind, _, value = arm.model.rpartition(":")
-        c = client(s.placement.tracking_uri())
-        version = (
-            int(value) if kind == "version" or value.isdigit() else registry.alias_version(c, model, value)
-        )
-        if version is None:
-            typer.secho(f"error: {arm.model} does not name a version of {model}", fg="red", err=True)
-            raise typer.Exit(2)
-    exp = _ab_call(lambda: store.conclude(name, winner, reason))
-    typer.echo(f"{exp.name}: concluded, winner {winner} ({arm.model})")
-    if promote and version is not None:
-        v = version
-        m = _registry_call(
-            lambda: registry.promote(s.placement.tracking_uri(), model, f"won A/B test {name}: {reason}", v)
-        )
-        typer.echo(f"{model}@{m.alias}: {m.from_version} -> {m.to_version}")
+    uri, model = s.placement.tracking_uri(), s.registry.model_name
+    # ABError and RegistryError are ValueErrors: a refusal of either prints its message, exit 2
+    done = _refusing(
+        lambda: conclude(store, name, winner, reason, uri, model, promote), (ValueError, MlflowException)
+    )
+    typer.echo(f"{done.experiment.name}: concluded, winner {winner} ({done.winner_model})")
+    if done.move is not None:
+        typer.echo(f"{model}@{done.move.alias}: {done.move.from_version} -> {done.move.to_version}")
 
 
 def _services_root(s: Settings) -> Path:

@@ -283,3 +283,29 @@ def test_a_failed_validation_names_its_expectations_and_links_the_report(
     assert docs["href"] and c.get(docs["href"]).status_code == 200  # the Data Docs, served by the console
     page = c.get(f"/runs/{d['run_id']}").text
     assert 'class="failures"' in page and "items.price: range" in page and docs["href"] in page
+
+
+def test_conclude_and_promote_the_winner(env: dict[str, Any]) -> None:
+    c, core = env["client"], env["core"]
+    assert (
+        c.post("/api/experiments", json={"name": "e2", "treatment_weight": 0.5}, headers=ADMIN).status_code
+        == 201
+    )
+    body = {"winner": "nobody", "reason": "lift +4%", "promote": True}
+    r = c.post("/api/experiments/e2/conclude", json=body, headers=ADMIN)
+    assert r.status_code == 422 and "no arm 'nobody'" in r.json()["detail"]
+    assert core.store().get("e2").status == "running"  # a refusal writes nothing
+    assert (
+        c.post("/api/experiments/e2/conclude", json={"winner": "treatment"}, headers=ADMIN).status_code == 422
+    )
+    r = c.post("/api/experiments/e2/conclude", json={**body, "winner": "treatment"}, headers=BOB)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["status"] == "concluded" and d["winner"] == "treatment"
+    assert d["router"]["arms"] == [{"name": "control", "model": "alias:champion", "weight": 0.0},
+                                   {"name": "treatment", "model": "alias:challenger", "weight": 1.0}]  # fmt: skip
+    assert d["promotion"]["to_version"] == 2 and d["promotion"]["who"] == "bob"
+    assert int(core.client.get_model_version_by_alias("ctr-ciubm", "champion").version) == 2
+    assert "won A/B test e2: lift +4%" in c.get("/api/models/ctr-ciubm").json()["history"][0]["reason"]
+    r = c.post("/api/experiments/e2/conclude", json={**body, "winner": "treatment"}, headers=ADMIN)
+    assert r.status_code == 422 and "concluded" in r.json()["detail"]

@@ -67,10 +67,12 @@ class Experiment:
         return self.arms[0].name
 
     def serving_arms(self) -> list[Arm]:
-        """The arms traffic goes to now: the configured weights while running, else all to control."""
+        """The arms traffic goes to now: the configured weights while running; the winner once concluded;
+        else (paused, stopped) all to control."""
         if self.status == "running":
             return self.arms
-        return [Arm(a.name, a.model, 1.0 if a.name == self.control else 0.0) for a in self.arms]
+        everyone = self.winner if self.status == "concluded" and self.winner else self.control
+        return [Arm(a.name, a.model, 1.0 if a.name == everyone else 0.0) for a in self.arms]
 
     def layout(self) -> Layout:
         return Layout.of(self.serving_arms())

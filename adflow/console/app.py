@@ -64,6 +64,12 @@ class StopIn(BaseModel):
     reason: str = Field(min_length=3, max_length=500)
 
 
+class ConcludeIn(BaseModel):
+    winner: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=3, max_length=500)
+    promote: bool = False
+
+
 def create_app(core: ConsoleCore, tokens: Tokens, timeout_s: float = 10.0) -> FastAPI:
     app = FastAPI(
         title="adflow console", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json"
@@ -227,6 +233,13 @@ def create_app(core: ConsoleCore, tokens: Tokens, timeout_s: float = 10.0) -> Fa
         return await mutate(
             request, "stop", name, body.model_dump(), lambda who: core.stop(name, body.reason, who)
         )
+
+    @app.post("/api/experiments/{name}/conclude")
+    async def api_conclude(request: Request, name: str, body: ConcludeIn) -> dict[str, Any]:
+        return await mutate(
+            request, "conclude", name, body.model_dump(),
+            lambda who: core.conclude(name, body.winner, body.reason, body.promote, who),
+        )  # fmt: skip
 
     @app.get("/api/experiments/{name}/chart.png", response_class=FileResponse)
     async def api_chart(name: str) -> FileResponse:

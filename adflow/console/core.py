@@ -456,6 +456,24 @@ class ConsoleCore:
         self._ab(lambda s: s.stop(name, reason), who)
         return self.experiment(name)
 
+    def conclude(self, name: str, winner: str, reason: str, promote: bool, who: str) -> dict[str, Any]:
+        """End the experiment with a winner; with `promote`, the winner's model becomes the champion."""
+        from mlflow.exceptions import MlflowException
+
+        from adflow.ab.conclude import conclude
+
+        def act(store: Any) -> Any:
+            try:
+                return conclude(store, name, winner, reason, self.tracking_uri, self.settings.registry.model_name,
+                                promote, by=who)  # fmt: skip
+            except MlflowException as e:
+                raise Refused(e.message) from None
+
+        done = self._ab(act, who)
+        out = self.experiment(name)
+        out["promotion"] = asdict(done.move) if done.move else None
+        return out
+
     def router_status(self) -> dict[str, Any] | None:
         """A running router's own answer (`adflow serve`), when the console was given its address."""
         if not self.router_url:

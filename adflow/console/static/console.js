@@ -6,7 +6,9 @@ function formBody(form) {
   for (const el of form.elements) {
     if (!el.name || el.disabled) continue;
     let value = el.value;
-    if (el.dataset.lines !== undefined) {
+    if (el.type === "checkbox") {
+      value = el.checked;
+    } else if (el.dataset.lines !== undefined) {
       value = value.split("\n").map((s) => s.trim()).filter((s) => s.length);
     } else if (el.type === "number") {
       if (value === "") continue;
