@@ -79,6 +79,7 @@ def world_copy(small_world: Path, tmp_path: Path) -> Path:
 # ---------------------------------------------------------------- the web console
 ADMIN_TOKEN = "alice-" + "t0ken" * 4  # test-only tokens; real ones live in a file that is never committed
 OTHER_TOKEN = "bob-" + "s3cret" * 4
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def console_core(tmp: Path) -> object:

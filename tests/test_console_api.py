@@ -12,9 +12,8 @@ from fastapi.testclient import TestClient
 
 from adflow.console.app import create_app
 from adflow.console.auth import TokenConfigError, Tokens
-from tests.conftest import ADMIN_TOKEN, OTHER_TOKEN, console_core
+from tests.conftest import ADMIN, ADMIN_TOKEN, OTHER_TOKEN, console_core
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BOB = {"Authorization": f"Bearer {OTHER_TOKEN}"}
 
 

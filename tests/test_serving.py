@@ -23,7 +23,7 @@ from adflow.ab.analysis import analyse
 from adflow.ab.assign import Arm
 from adflow.ab.store import ABStore
 from adflow.tracking import client, ensure_experiment
-from tests.conftest import small_settings
+from tests.conftest import ADMIN, ADMIN_TOKEN, small_settings
 
 NAME = "ctr-serving-test"
 
@@ -63,6 +63,19 @@ def _config(stack: dict[str, Any], experiment: str | None) -> Any:
         experiment=experiment,
         preload=[f"version:{v}" for v in stack["versions"]],
     )
+
+
+def _console(stack: dict[str, Any], router_url: str) -> Any:
+    """The web console over the same A/B store as the router (its workspace holds ab.sqlite), showing the router."""
+    from fastapi.testclient import TestClient
+
+    from adflow.console.app import create_app
+    from adflow.console.auth import Tokens
+    from adflow.console.core import ConsoleCore
+
+    s = small_settings(stack["root"], f"placement.workspace={stack['root']}")
+    core = ConsoleCore(s, "local", [], router_url=router_url)
+    return TestClient(create_app(core, Tokens.parse([f"alice:{ADMIN_TOKEN}"], "test")))
 
 
 def test_ranker_core_in_process(stack: dict[str, Any]) -> None:
@@ -163,7 +176,17 @@ def test_router_ab_end_to_end(stack: dict[str, Any]) -> None:
     seen: list[str] = []
     with serve(_config(stack, "e2e"), stack["root"] / "server") as url:
         before = _arms(url, users)
-        store.ramp("e2e", {"challenger": 0.5})  # the router reads the experiment per request: no restart
+        # the ramp is made from the web console; the router reads the experiment per request (no restart),
+        # and the console shows the running router's own answer to /status
+        console = _console(stack, url)
+        r = console.post("/api/experiments/e2e/ramp", json={"weights": {"challenger": 0.5}}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        live = console.get("/api/experiments/e2e").json()["router_live"]
+        assert live["ok"] and live["status"]["experiment"] == "e2e"
+        assert [(a["name"], a["weight"]) for a in live["status"]["arms"]] == [
+            ("champion", 0.5),
+            ("challenger", 0.5),
+        ]
         after = _arms(url, users)
         with httpx.Client(base_url=url, timeout=60) as h:
             for bad, says in (
