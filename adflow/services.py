@@ -31,8 +31,8 @@ from glob import glob
 from pathlib import Path
 
 from adflow.progress import log
-from serving.launch import _tail
 from serving.launch import free_port as _free_port
+from serving.launch import last_lines
 
 PG_USER = "adflow"
 PG_DB = "mlflow"
@@ -89,9 +89,9 @@ def _process(name: str, cmd: list[str], logs: Path, ready: Callable[[], bool], t
         deadline = time.monotonic() + timeout_s
         while not ready():
             if proc.poll() is not None:
-                raise ServiceError(f"{name} exited with {proc.returncode}:\n{_tail(log_path)}")
+                raise ServiceError(f"{name} exited with {proc.returncode}:\n{last_lines(log_path)}")
             if time.monotonic() > deadline:
-                raise ServiceError(f"{name} not ready after {timeout_s:.0f} s:\n{_tail(log_path)}")
+                raise ServiceError(f"{name} not ready after {timeout_s:.0f} s:\n{last_lines(log_path)}")
             time.sleep(0.3)
         yield proc
     finally:

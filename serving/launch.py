@@ -35,7 +35,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _tail(path: Path, n: int = 25) -> str:
+def last_lines(path: Path, n: int = 25) -> str:
+    """The end of a server's log, for an error message."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except FileNotFoundError:
@@ -86,7 +87,7 @@ def _wait_ready(proc: subprocess.Popen, url: str, timeout_s: float, log_path: Pa
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise ServeError(
-                f"the server exited with code {proc.returncode}; its log ends:\n{_tail(log_path)}"
+                f"the server exited with code {proc.returncode}; its log ends:\n{last_lines(log_path)}"
             )
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
@@ -94,7 +95,9 @@ def _wait_ready(proc: subprocess.Popen, url: str, timeout_s: float, log_path: Pa
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise ServeError(f"the server was not ready after {timeout_s:.0f}s; its log ends:\n{_tail(log_path)}")
+    raise ServeError(
+        f"the server was not ready after {timeout_s:.0f}s; its log ends:\n{last_lines(log_path)}"
+    )
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

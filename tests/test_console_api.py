@@ -163,6 +163,12 @@ def test_experiments_lifecycle_and_results(env: dict[str, Any]) -> None:
     d = c.get("/api/experiments/e1").json()
     assert d["exposures"] == 400 and d["clicks"] == len(range(0, 400, 7))
     assert {a["arm"] for a in d["results"]["arms"]} == {"control", "treatment"} and "srm_p" in d["results"]
+    store.log_exposures(
+        [Exposure(f"y{i}", 1e9 + 600 + i, "e1", str(i), "control", "m@1", i, 1, 1) for i in range(50)]
+    )
+    again = c.get("/api/experiments/e1").json()["results"]  # the page's refresh sees the new traffic
+    assert sum(a["exposures"] for a in again["arms"]) == 450
+    assert sum(a["exposures"] for a in d["results"]["arms"]) == 400
     png = c.get("/api/experiments/e1/chart.png")
     assert (
         png.status_code == 200

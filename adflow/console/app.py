@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Body, FastAPI, Form, HTTPException, Request
+from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -223,9 +223,7 @@ def create_app(core: ConsoleCore, tokens: Tokens, timeout_s: float = 10.0) -> Fa
         )
 
     @app.post("/api/experiments/{name}/pause")
-    async def api_pause(
-        request: Request, name: str, body: Annotated[dict[str, Any] | None, Body()] = None
-    ) -> dict[str, Any]:
+    async def api_pause(request: Request, name: str) -> dict[str, Any]:
         return await mutate(request, "pause", name, {}, lambda who: core.pause(name, who))
 
     @app.post("/api/experiments/{name}/stop")

@@ -41,6 +41,12 @@ class Link:
     text: str
 
 
+def _log_key(store: Any, e: Any, n: int, clicks: int) -> str:
+    """What an experiment's analysis depends on: its log's size, its arms and status, and the stretch served
+    under the current weights (a pause and a ramp back to the same weights move it)."""
+    return json.dumps([n, clicks, [vars(a) for a in e.arms], e.status, store.weight_period(e.name)])
+
+
 def _ts(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds") if ms else ""
 
@@ -71,6 +77,7 @@ class ConsoleCore:
         self.launcher = Launcher(self.db, self.workspace / "console" / "logs", self.runs_dir, placement,
                                  self.base_overrides, cwd)  # fmt: skip
         self._client: Any = None
+        self._analysed: dict[str, tuple[str, dict[str, Any]]] = {}  # experiment -> (log key, results)
 
     # ------------------------------------------------------------------ shared
     @property
@@ -389,20 +396,27 @@ class ConsoleCore:
                 "exposures": n,
                 "clicks": clicks,
                 "events": list(reversed(store.events(name))),
-                "results": self._results(store, e) if n else None,
+                "results": self._results(store, e, n, clicks) if n else None,
             }
 
         out: dict[str, Any] = self._ab(detail)
         out["router_live"] = self.router_status()
         return out
 
-    def _results(self, store: Any, e: Any) -> dict[str, Any]:
+    def _results(self, store: Any, e: Any, n: int, clicks: int) -> dict[str, Any]:
+        """The analysis of the log as it stands. The live page asks every few seconds: it is recomputed only
+        when the log or the experiment has changed (reading a long log and the mSPRT path is not free)."""
         from adflow.ab.analysis import analyse
 
+        key = _log_key(store, e, n, clicks)
+        cached = self._analysed.get(e.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         a = analyse(store.exposures(e.name), {x.name: x.weight for x in e.arms}, e.control, e.name,
                     srm_window=store.weight_period(e.name))  # fmt: skip
         out: dict[str, Any] = json.loads(json.dumps(a.to_dict(), default=float))
         out.pop("p_path", None)
+        self._analysed[e.name] = (key, out)
         return out
 
     def chart(self, name: str) -> Path:
@@ -419,7 +433,7 @@ class ConsoleCore:
                 raise Conflict(f"experiment {name!r} has no exposures yet")
             out = self.workspace / "console" / "ab" / name
             stamp = out / "stamp.json"
-            key = json.dumps([n, clicks, [vars(a) for a in e.arms], e.status])
+            key = _log_key(store, e, n, clicks)
             if (out / "ab.png").is_file() and stamp.is_file() and stamp.read_text() == key:
                 return out / "ab.png"
             ex = store.exposures(name)

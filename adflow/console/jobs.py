@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,10 +126,6 @@ def _job(row: tuple[Any, ...]) -> Job:
     return Job(*r)
 
 
-def new_run_id() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-
-
 def summary_of(runs_dir: str | Path, run_id: str) -> dict[str, Any] | None:
     path = Path(runs_dir) / run_id / "summary.json"
     try:
@@ -170,6 +165,8 @@ class Launcher:
 
     def start(self, pipeline: str, preset: str, overrides: list[str], who: str) -> Job:
         """Start a run (the caller has validated the settings); returns at once."""
+        from adflow.runner import new_run_id
+
         run_id = new_run_id()
         log = self.logs / f"{run_id}.log"
         cmd = self.command(pipeline, preset, overrides, run_id)
