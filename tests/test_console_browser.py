@@ -8,6 +8,7 @@ test-output/console/ for a person to look at.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import threading
@@ -105,15 +106,35 @@ def wait(driver: Any, cond: Any, timeout: float = 20) -> Any:
 
 
 def text_of(driver: Any, css: str) -> str:
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
+    """The text of the first element matching css, found and read in one script: the live parts of a page are
+    swapped as they refresh, and an element found by one WebDriver call can be gone by the next (chromium then
+    answers "stale element" or "node does not belong to the document")."""
+    value = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e === null ? null : e.innerText;", css
+    )
+    if value is None:
+        raise AssertionError(f"no element matches {css}")
+    return _cells(value)
 
-    for _ in range(20):  # a live part may be swapped between finding the element and reading it
-        try:
-            return str(driver.find_element(By.CSS_SELECTOR, css).text)
-        except StaleElementReferenceException:
-            time.sleep(0.1)
-    raise AssertionError(f"{css} kept changing under the test")
+
+def _cells(text: str) -> str:
+    # innerText separates table cells with tabs where WebDriver's .text shows spaces; read them as spaces
+    return re.sub(r"[ \t]+", " ", str(text))
+
+
+def attr_of(driver: Any, css: str, name: str) -> str | None:
+    """An attribute of the first element matching css (None when there is none), read in one script."""
+    return driver.execute_script(  # type: ignore[no-any-return]
+        "const e = document.querySelector(arguments[0]); return e === null ? null : e.getAttribute(arguments[1]);",
+        css,
+        name,
+    )
+
+
+def texts_of(driver: Any, css: str) -> list[str]:
+    """The texts of every element matching css, read in one script."""
+    script = "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText);"
+    return [_cells(t) for t in driver.execute_script(script, css)]
 
 
 def submit(driver: Any, form: str, fields: dict[str, str] | None = None) -> None:
@@ -168,19 +189,18 @@ def test_refused_without_token_then_trigger_and_watch_a_run(console: dict[str, A
     assert text_of(d, "tr[data-stage='validate'] .status") == "succeeded"
     assert "expectations_evaluated=" in text_of(d, "tr[data-stage='validate']")
     assert "run succeeded" in text_of(d, "#log")
-    docs = d.find_element(
-        By.CSS_SELECTOR, "tr[data-stage='validate'] a[data-link='data_docs']"
-    ).get_attribute("href")
+    docs = d.execute_script(
+        "return document.querySelector(\"tr[data-stage='validate'] a[data-link='data_docs']\").href"
+    )
     shot(d, "run")
     d.get(docs)  # the Data Docs the run wrote, served by the console
     assert "Data Docs" in d.title or "Expectation" in d.page_source
     d.get(f"{url}/pipelines")
-    assert d.find_element(By.CSS_SELECTOR, f"tr[data-run='{run_id}']").text.count("succeeded") == 1
+    assert text_of(d, f"tr[data-run='{run_id}']").count("succeeded") == 1
     shot(d, "pipelines")
 
 
 def test_promote_changes_the_registry(console: dict[str, Any], browser: Any) -> None:
-    from selenium.webdriver.common.by import By
 
     url, d, core = console["url"], browser, console["core"]
     d.get(f"{url}/models")
@@ -188,14 +208,8 @@ def test_promote_changes_the_registry(console: dict[str, Any], browser: Any) -> 
     shot(d, "models")
     d.get(f"{url}/models/ctr-ciubm")
     submit(d, "promote", {"reason": "won the A/B test e2e"})
-    wait(
-        d,
-        lambda d: (
-            d.find_element(By.CSS_SELECTOR, "#aliases [data-alias='champion']").get_attribute("data-version")
-            == "2"
-        ),
-    )
-    top = d.find_elements(By.CSS_SELECTOR, "#history tr")[1].text
+    wait(d, lambda d: attr_of(d, "#aliases [data-alias='champion']", "data-version") == "2")
+    top = texts_of(d, "#history tr")[1]
     assert (
         "alice" in top and "promote" in top and "won the A/B test e2e" in top and "v1" in top and "v2" in top
     )
@@ -217,18 +231,9 @@ def test_create_and_ramp_an_experiment(console: dict[str, Any], browser: Any) ->
     d.get(f"{url}/experiments")
     submit(d, "create", {"name": "ciubm-v2-vs-v1", "treatment_weight": "0.05"})
     wait(d, lambda d: d.current_url.endswith("/experiments/ciubm-v2-vs-v1"))
-    assert (
-        d.find_element(By.CSS_SELECTOR, "#router tr[data-arm='treatment']").get_attribute("data-weight")
-        == "0.05"
-    )
+    assert attr_of(d, "#router tr[data-arm='treatment']", "data-weight") == "0.05"
     submit(d, "ramp", {"weights.treatment": "0.5"})
-    wait(
-        d,
-        lambda d: (
-            d.find_element(By.CSS_SELECTOR, "#router tr[data-arm='treatment']").get_attribute("data-weight")
-            == "0.5"
-        ),
-    )
+    wait(d, lambda d: attr_of(d, "#router tr[data-arm='treatment']", "data-weight") == "0.5")
     # the router's config: the A/B store it reads on every request now serves half the users the challenger
     store = core.store()
     exp = store.get("ciubm-v2-vs-v1")
@@ -249,7 +254,7 @@ def test_create_and_ramp_an_experiment(console: dict[str, Any], browser: Any) ->
     wait(
         d,
         lambda d: d.execute_script(
-            "const i = document.getElementById('chart'); return i.complete && i.naturalWidth > 0"
+            "const i = document.getElementById('chart'); return i !== null && i.complete && i.naturalWidth > 0"
         ),
     )
     assert "Sample-ratio check" in text_of(d, "#exp-live") and "treatment" in text_of(d, "#arms")
