@@ -35,16 +35,54 @@ def pipeline_arguments(settings: Settings, parent_run_id: str = "") -> dict[str,
     }
 
 
+def _read_ir(path: Path) -> list[dict[str, Any]]:
+    """The compiled file's documents: the pipeline spec, then (when a step has Kubernetes settings) the
+    platform spec."""
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _write_ir(path: Path, docs: list[dict[str, Any]]) -> None:
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+
+
 def stamp_image(path: Path, image: str) -> int:
     """Set every executor's container image: the compiled YAML names exactly the image that will run it."""
-    spec = yaml.safe_load(path.read_text())
+    docs = _read_ir(path)
     n = 0
-    for executor in spec.get("deploymentSpec", {}).get("executors", {}).values():
+    for executor in docs[0].get("deploymentSpec", {}).get("executors", {}).values():
         if "container" in executor:
             executor["container"]["image"] = image
             n += 1
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _write_ir(path, docs)
     return n
+
+
+def stamp_workspace(path: Path, pvc: str, mount_path: str) -> list[str]:
+    """Mount the workspace volume (a PersistentVolumeClaim) at `mount_path` in every step's pod: what
+    `kfp.kubernetes.mount_pvc` writes for a task, for every executor of the compiled file (the pipelines are
+    built at import, before a placement is known). Returns the executors it was added to."""
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2 as pb
+
+    mount = pb.PvcMount(mount_path=mount_path, constant=pvc)  # `constant`: what older KFP backends read
+    mount.pvc_name_parameter.runtime_value.constant.string_value = pvc
+    entry = json_format.MessageToDict(mount)
+    docs = _read_ir(path)
+    if len(docs) == 1:
+        docs.append({})
+    platform = docs[1].setdefault("platforms", {}).setdefault("kubernetes", {})
+    configs = platform.setdefault("deploymentSpec", {}).setdefault("executors", {})
+    stamped = []
+    for name, executor in docs[0].get("deploymentSpec", {}).get("executors", {}).items():
+        if "container" not in executor:
+            continue
+        mounts = configs.setdefault(name, {}).setdefault("pvcMount", [])
+        if any(m.get("mountPath") == mount_path for m in mounts):
+            raise ValueError(f"{name} already mounts a volume at {mount_path}")
+        mounts.append(dict(entry))
+        stamped.append(name)
+    _write_ir(path, docs)
+    return stamped
 
 
 _RESOURCE_FIELDS = {  # the IR's string field and its numeric twin, as kfp's own set_*_request writes them
@@ -80,8 +118,8 @@ def stamp_resources(
     """Set each step's CPU/memory requests and limits (`default`: every step not named). Returns what each
     executor got. A name that is no step of this pipeline nor in `other_steps` (the other pipelines' steps:
     one placement serves every pipeline) is refused with the step names: it is a typo."""
-    spec = yaml.safe_load(path.read_text())
-    executors = spec.get("deploymentSpec", {}).get("executors", {})
+    docs = _read_ir(path)
+    executors = docs[0].get("deploymentSpec", {}).get("executors", {})
     steps = {e.removeprefix("exec-").replace("-", "_"): e for e in executors}
     if unknown := set(resources) - set(steps) - set(other_steps) - {"default"}:
         raise ValueError(f"placement.step_resources: no step named {sorted(unknown)}; steps: {sorted(steps)}")
@@ -95,7 +133,7 @@ def stamp_resources(
             text_field, number_field = _RESOURCE_FIELDS[kind]
             res[text_field], res[number_field] = str(value), _number(kind, str(value))
         applied[step] = dict(wanted)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _write_ir(path, docs)
     return applied
 
 
@@ -111,6 +149,8 @@ def compile_pipeline(name: str, settings: Settings, out_dir: str | Path) -> Path
     stamp_image(path, settings.placement.image)
     if settings.placement.step_resources:
         stamp_resources(path, settings.placement.step_resources, all_steps())
+    if settings.placement.workspace_pvc:
+        stamp_workspace(path, settings.placement.workspace_pvc, settings.placement.workspace)
     return path
 
 

@@ -335,6 +335,10 @@ class Placement(Strict):
 
     name: str = "local"
     workspace: str = ".adflow"  # local state: MLflow store, KFP pipeline root, accepted datasets
+    # On a cluster: the PersistentVolumeClaim mounted at `workspace` in every pipeline step's pod (stamped into
+    # the compiled pipeline) and in every Ray and Feast pod (infra/k8s). Set, the steps put what Ray workers
+    # and Feast read under the workspace instead of their pod-local artifact folders (adflow/workspace.py).
+    workspace_pvc: str | None = None
     runs_dir: str = "runs"
     mlflow_tracking_uri: str | None = None  # None: sqlite under the workspace
     mlflow_experiment: str = "ads_full"
@@ -353,6 +357,11 @@ class Placement(Strict):
 
     @model_validator(mode="after")
     def _resources(self) -> Placement:
+        if self.workspace_pvc and ("://" in self.workspace or not self.workspace.startswith("/")):
+            raise ValueError(
+                f"workspace_pvc={self.workspace_pvc!r} is mounted at workspace, which must then be an "
+                f"absolute path (got {self.workspace!r})"
+            )
         allowed = {"cpu_request", "cpu_limit", "memory_request", "memory_limit"}
         for step, res in self.step_resources.items():
             if unknown := set(res) - allowed:

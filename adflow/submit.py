@@ -90,7 +90,7 @@ def send(
         namespace=namespace or "kubeflow",
         existing_token=os.environ[token_env] if token_env else None,
     )
-    name = yaml.safe_load(sub.package.read_text())["pipelineInfo"]["name"]
+    name = next(yaml.safe_load_all(sub.package.read_text()))["pipelineInfo"]["name"]  # then: platform spec
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     pipeline_id = client.get_pipeline_id(name)
     if pipeline_id is None:

@@ -77,9 +77,16 @@ def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path]) -> None:
     assert first.epochs_run == [0] and first.checkpoint
     h = first.history[0]
     assert {"ciubm_val_auc", "din_val_auc", "ciubm_train_loss", "din_train_loss"} <= set(h)
-    s2 = small_settings(tmp, "ctr_train.epochs=3")
+    # resumed in a cluster's layout: the step folder is private to its pod, so what the Ray workers read and
+    # write (tensors, Ray Train storage, history) goes to the workspace volume, and the results come back
+    s2 = small_settings(tmp, "ctr_train.epochs=3", "placement.workspace_pvc=adflow-workspace")
     resumed = train(s2, features, tmp / "m2", resume_from=first.checkpoint)
     assert resumed.epochs_run == [1, 2]  # continues after the last completed epoch
+    on_volume = Path(s2.placement.workspace) / "steps" / (tmp / "m2").resolve().relative_to("/")
+    assert Path(resumed.checkpoint).is_relative_to(on_volume / "ray")
+    assert (on_volume / "tensors" / "train.npz").exists() and not (tmp / "m2" / "tensors").exists()
+    assert not (tmp / "m2" / "ray").exists()
+    assert json.loads((tmp / "m2" / "models.json").read_text()) == {"ciubm": "ciubm.pt", "din": "din.pt"}
     a = torch.load(Path(first.model_dir) / "ciubm.pt", weights_only=False)
     b = torch.load(Path(resumed.model_dir) / "ciubm.pt", weights_only=False)
     assert isinstance(b, CTRPredictor)

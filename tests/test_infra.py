@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -215,7 +216,7 @@ def test_images_match_the_compiled_pipeline(overlay: str, tmp_path: Path) -> Non
     from adflow.compile import compile_pipeline
 
     s = settings_for(overlay)
-    spec = yaml.safe_load(compile_pipeline("ads_full", s, tmp_path).read_text())
+    spec = next(yaml.safe_load_all(compile_pipeline("ads_full", s, tmp_path).read_text()))
     stamped = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert stamped == {s.placement.image}
     version = s.placement.image.rsplit(":", 1)[1].split("-")[0]
@@ -389,6 +390,21 @@ def test_placement_addresses_are_the_manifests_services(overlay: str) -> None:
     assert client_port in {pt["containerPort"] for pt in head["ports"]}
     constraints = (ROOT / "constraints.txt").read_text()
     assert f"ray=={ray['spec']['rayVersion']}\n" in constraints
+    # every pipeline step pod mounts that claim at that path too (the steps hand Ray workers paths on it)
+    from adflow.compile import compile_pipeline
+
+    (claim,) = [d for d in by_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == p.workspace_pvc]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    with tempfile.TemporaryDirectory() as tmp:
+        spec, platform = yaml.safe_load_all(
+            compile_pipeline("ads_full", settings_for(overlay), tmp).read_text()
+        )
+    configs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(configs) == set(spec["deploymentSpec"]["executors"])
+    for name, config in configs.items():
+        assert [
+            (m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"]) for m in config["pvcMount"]
+        ] == [(p.workspace_pvc, p.workspace)], name
     for role, pod in pod_specs(ray):  # the workspace is the same path on every Ray pod
         mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
         claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}

@@ -23,6 +23,7 @@ from adflow.models.moon import (
     modality_ids,
     predict_boxes,
 )
+from adflow.workspace import MARKER
 from tests.conftest import MOON_FAST, small_settings
 
 KEYS = ["category", "colour", "style"]
@@ -157,9 +158,16 @@ def test_moon_trains_embeds_and_resumes(small_world: Path, tmp_path: Path) -> No
     from components.training.moon.core import fit, train
     from components.training.moon.evaluate import Encoder
 
-    s = small_settings(tmp_path, *_fast())
+    # in a cluster's layout: the step folder and the data set are private to the step's pod, so what Ray's
+    # workers and the embedding actors read and write goes to the workspace volume; results come back
+    s = small_settings(tmp_path, *_fast(), "placement.workspace_pvc=adflow-workspace")
     out = tmp_path / "moon"
     r = train(s, small_world, out)
+    steps = Path(s.placement.workspace) / "steps"
+    work = steps / out.resolve().relative_to("/")
+    assert (work / "prepared" / "catalog.json").exists() and not (out / "prepared").exists()
+    assert (steps / small_world.resolve().relative_to("/") / MARKER).exists()  # the actors' copy of the data
+    assert (out / "encoders" / "moon").is_dir() and (out / "history.jsonl").exists()
     table = json.loads((out / "evaluation.json").read_text())["table"]
     assert {"baseline", "moon", "no_moe", "no_core_region", "no_hard_negatives", "moon_pretrain"} <= set(
         table
@@ -177,9 +185,10 @@ def test_moon_trains_embeds_and_resumes(small_world: Path, tmp_path: Path) -> No
     assert np.allclose(local, vecs[:8], atol=1e-4)
     assert [h["epoch"] for h in r.history] == [0, 1, 2] and r.history[-1]["posttrain"] == 1
     # resume: one more post-training epoch from the last checkpoint runs epoch 3 only
-    ckpt = sorted(p for p in (out / "ray" / "moon").glob("checkpoint_*") if p.is_dir())[-1]
+    assert not (out / "ray").exists()  # checkpoints stay on the volume
+    ckpt = sorted(p for p in (work / "ray" / "moon").glob("checkpoint_*") if p.is_dir())[-1]
     s2 = small_settings(tmp_path, *_fast("moon_train.posttrain_epochs=2"))
-    res = fit(s2, out / "prepared", tmp_path / "ray2", tmp_path / "history2.jsonl", str(ckpt))
+    res = fit(s2, work / "prepared", tmp_path / "ray2", tmp_path / "history2.jsonl", str(ckpt))
     assert res.error is None
     resumed = [json.loads(x) for x in (tmp_path / "history2.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in resumed] == [3]

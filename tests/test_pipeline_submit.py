@@ -23,7 +23,7 @@ runner = CliRunner()
 
 
 def images(package: Path) -> set[str]:
-    spec = yaml.safe_load(package.read_text())
+    spec = next(yaml.safe_load_all(package.read_text()))  # then the platform spec: the workspace mount
     return {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
 
 
@@ -62,7 +62,7 @@ def test_dry_run_compiles_with_the_placement_image(args: list[str], image: str, 
     package = tmp_path / "ads_full.yaml"
     assert images(package) == {image}
     assert f"image {image}" in r.output and "dry run: nothing sent to http://" in r.output
-    params = yaml.safe_load(package.read_text())["root"]["inputDefinitions"]["parameters"]
+    params = next(yaml.safe_load_all(package.read_text()))["root"]["inputDefinitions"]["parameters"]
     assert image in params["settings_json"]["defaultValue"]  # the settings the run gets are the compiled ones
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from adflow.config import GateConfig, Settings
 from adflow.metrics import calibration, ctr_report, paired_auc_diff
 from adflow.progress import log
+from components.training.ctr.core import model_paths
 
 STAGE = "gate"
 
@@ -244,7 +245,7 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     test = pd.read_parquet(Path(features_dir) / "test.parquet")
-    paths = json.loads((Path(model_dir) / "models.json").read_text())
+    paths = model_paths(model_dir)
     cand_name = settings.registry.candidate_variant
     candidate = torch.load(paths[cand_name], weights_only=False)
     cold = candidate.encoder.is_cold(test)  # items the candidate never saw: one cold set for every model

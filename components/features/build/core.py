@@ -16,6 +16,7 @@ from adflow import features as F
 from adflow.config import Settings, settings_from_json
 from adflow.progress import log
 from adflow.tracking import stage_run
+from adflow.workspace import publish, shared
 
 STAGE = "features"
 
@@ -32,7 +33,10 @@ def build(
     settings: Settings, dataset: str | Path, out_dir: str | Path, moon_dir: str | Path | None = None
 ) -> dict[str, Any]:
     out = Path(out_dir)
-    tables = out / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    # Feast's registry records the offline tables' paths: the feature server and the materialization job
+    # read them from other pods, so on a cluster they are on the workspace volume (adflow/workspace.py)
+    tables = shared(settings.placement, out) / "tables"
     t0 = time.perf_counter()
     counts = F.build_tables(dataset, tables, settings.features, moon_embeddings(moon_dir))
     if moon_dir is not None and (Path(moon_dir) / "moon.json").exists():
@@ -47,6 +51,7 @@ def build(
     for name, df in splits.items():
         df.to_parquet(out / f"{name}.parquet", index=False)
     F.materialize(fs, tables)
+    publish(tables.parent, out, ["tables"])  # the next steps read them from the feature set itself
     log(STAGE, f"training set {len(frame)} rows (train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])})")
     return {
         **{f"rows_{k}": v for k, v in counts.items()},

@@ -13,6 +13,7 @@ from adflow import registry
 from adflow.config import settings_from_json
 from adflow.progress import log
 from adflow.tracking import client, stage_run
+from components.training.ctr.core import model_paths
 
 STAGE = "register"
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy==2.4.6", "pandas==2.3.3", "adflow==0.1.0"]
@@ -26,7 +27,7 @@ def run(
     decision = json.loads((Path(report_dir) / "decision.json").read_text())
     report = str(Path(report_dir) / "index.html")
     with stage_run(STAGE, tracking_uri, parent_run_id, s.placement.mlflow_experiment) as sr:
-        path = json.loads((Path(model_dir) / "models.json").read_text())[s.registry.candidate_variant]
+        path = str(model_paths(model_dir)[s.registry.candidate_variant])
         cand = decision["candidate"]
         tags = {
             "gate_reason": decision["reason"],

@@ -27,6 +27,7 @@ import pandas as pd
 from adflow import train as T
 from adflow.config import Settings
 from adflow.progress import follow, log
+from adflow.workspace import publish, shared, shared_input
 
 STAGE = "creative"
 HELD_OUT = ("test", "test_unseen")
@@ -470,13 +471,19 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
 
     t0 = time.perf_counter()
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     t, m = settings.creative_train, settings.creative_model
-    info = prepare(settings, dataset, out / "prepared")
-    history_path = out / "history.jsonl"
+    # what Ray's workers read (the examples and their images) and write (the trained models): on a cluster,
+    # on the workspace volume (adflow/workspace.py)
+    work = shared(settings.placement, out)
+    dataset = shared_input(settings.placement, dataset)
+    prepared = work / "prepared"
+    info = prepare(settings, dataset, prepared)
+    history_path = work / "history.jsonl"
     history_path.unlink(missing_ok=True)
     t_fit = time.perf_counter()
     with follow(history_path, STAGE, _progress_line):
-        result = fit(settings, out / "prepared", history_path)
+        result = fit(settings, prepared, history_path)
     if result.error:
         raise RuntimeError(f"Creative4U training failed: {result.error}")
     fit_s = time.perf_counter() - t_fit
@@ -486,14 +493,13 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
 
     from transformers import AutoModelForImageTextToText
 
-    processor = SelectorProcessor.load(out / "prepared" / "processor")
-    examples = pd.read_parquet(out / "prepared" / "examples.parquet")
+    publish(work, out, ["history.jsonl"])
+    processor = SelectorProcessor.load(prepared / "processor")
+    examples = pd.read_parquet(prepared / "examples.parquet")
     held = examples[examples["split"].isin(HELD_OUT)].reset_index(drop=True)
     t_eval = time.perf_counter()
     judged = {"random": random_baseline(held, t.seed)}
-    models = {"sft": out / "prepared" / "sft"} | (
-        {"sft_grpo": out / "prepared" / "grpo"} if t.grpo_steps else {}
-    )
+    models = {"sft": prepared / "sft"} | ({"sft_grpo": prepared / "grpo"} if t.grpo_steps else {})
     loaded = {}
     device = (
         "cuda" if torch.cuda.is_available() else "cpu"

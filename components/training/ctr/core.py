@@ -25,6 +25,7 @@ import pandas as pd
 from adflow import train as T
 from adflow.config import Settings
 from adflow.progress import follow, log
+from adflow.workspace import publish, shared
 
 STAGE = "train_ctr"
 SPLITS = ("train", "val", "test")
@@ -272,15 +273,23 @@ def export(
     return paths
 
 
+def model_paths(model_dir: str | Path) -> dict[str, Path]:
+    """The trained predictors in a CTR stage's output folder, by variant."""
+    names = json.loads((Path(model_dir) / "models.json").read_text())
+    return {v: Path(model_dir) / name for v, name in names.items()}  # an absolute name stays as it is
+
+
 def train(
     settings: Settings, features_dir: str | Path, model_dir: str | Path, resume_from: str | None = None
 ) -> TrainResult:
     t0 = time.perf_counter()
     out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = shared(settings.placement, out)  # what the Ray workers read and write (adflow/workspace.py)
     t = settings.ctr_train
     data = prepare(
         features_dir,
-        out / "tensors",
+        work / "tensors",
         settings.features.seq_len,
         t.shuffle_labels,
         t.seed,
@@ -294,10 +303,10 @@ def train(
         log(STAGE, f"skipping {sorted(set(t.variants) - set(usable))}: the feature set has no such embedding")
         settings = settings.model_copy(deep=True)
         settings.ctr_train.variants = usable
-    history_path = out / "history.jsonl"
+    history_path = work / "history.jsonl"
     done_before = len(history_path.read_text().splitlines()) if history_path.exists() else 0
     with follow(history_path, STAGE, _progress_line, start=done_before):
-        result = fit(settings, data, out / "ray", "ctr", history_path, resume_from)
+        result = fit(settings, data, work / "ray", "ctr", history_path, resume_from)
     if result.error:
         raise RuntimeError(f"CTR training failed: {result.error}")
     history = [json.loads(line) for line in history_path.read_text().splitlines()[done_before:]]
@@ -307,7 +316,9 @@ def train(
     with ckpt.as_directory() as d:
         paths = export(settings, data, d, out)
         ckpt_path = str(ckpt.path)
-    (out / "models.json").write_text(json.dumps(paths, indent=2))
+    # relative: the next steps get this folder under another path on a cluster (model_paths reads it)
+    (out / "models.json").write_text(json.dumps({v: Path(p).name for v, p in paths.items()}, indent=2))
+    publish(work, out, ["history.jsonl"])
     epochs = sorted({int(h["epoch"]) for h in history})
     log(STAGE, f"trained {', '.join(paths)} for epochs {epochs} in {time.perf_counter() - t0:.1f}s")
     return TrainResult(str(out), epochs, history, ckpt_path, time.perf_counter() - t0)

@@ -25,6 +25,7 @@ import pandas as pd
 from adflow import train as T
 from adflow.config import Settings
 from adflow.progress import follow, log
+from adflow.workspace import publish, shared, shared_input
 
 STAGE = "moon"
 QUERY_TYPES = ("image", "text", "image_text", "attribute_text", "category_text")
@@ -462,13 +463,17 @@ def train(
 
     t0 = time.perf_counter()
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     t = settings.moon_train
-    info = prepare(settings, dataset, out / "prepared")
-    history_path = out / "history.jsonl"
+    # what Ray's workers and the embedding actors read and write: on a cluster, on the workspace volume
+    work = shared(settings.placement, out)
+    dataset = shared_input(settings.placement, dataset)  # the actors read the catalog's images
+    info = prepare(settings, dataset, work / "prepared")
+    history_path = work / "history.jsonl"
     done_before = len(history_path.read_text().splitlines()) if history_path.exists() else 0
     t_fit = time.perf_counter()
     with follow(history_path, STAGE, _progress_line, start=done_before):
-        result = fit(settings, out / "prepared", out / "ray", history_path, resume_from)
+        result = fit(settings, work / "prepared", work / "ray", history_path, resume_from)
     if result.error:
         raise RuntimeError(f"MOON training failed: {result.error}")
     if result.checkpoint is None:
@@ -476,7 +481,7 @@ def train(
     fit_s = time.perf_counter() - t_fit
     history = [json.loads(line) for line in history_path.read_text().splitlines()[done_before:]]
     with result.checkpoint.as_directory() as d:
-        encoders = export(settings, out / "prepared", d, out)
+        encoders = export(settings, work / "prepared", d, work)
     t_eval = time.perf_counter()
     ev = evaluate(dataset, encoders, t.duplicate_keys, t.recall_k, t.eval_queries_per_item, t.seed)
     eval_s = time.perf_counter() - t_eval
@@ -492,6 +497,7 @@ def train(
         settings.placement.num_workers,
     )
     embed_s = time.perf_counter() - t_embed
+    publish(work, out, ["encoders", "history.jsonl"])
     k = max(t.recall_k)
     metrics: dict[str, float] = {f"{n}_{m}": v for n, row in ev["table"].items() for m, v in row.items()}
     metrics |= {f"detector_iou_{s}": v for s, v in ev["iou"].items()}

@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# stage -> (core module, settings section whose DeepSpeed config applies). Creative4U joins when its
-# training core lands (components/creative/...): one line here and one RayJob in infra/k8s/jobs/.
+# stage -> (core module, settings section whose DeepSpeed config applies); each has a RayJob in
+# infra/k8s/jobs/.
 STAGES: dict[str, tuple[str, str]] = {
     "moon": ("components.training.moon.core", "moon_train"),
     "creative": ("components.training.creative.core", "creative_train"),

@@ -1,0 +1,83 @@
+"""Where a pipeline step puts what other pods read: its Ray workers, the Feast feature server, the next run.
+
+A KFP step writes its outputs to artifact folders inside its own pod; KFP uploads them when the step ends and
+hands them to the next steps. Ray's workers, though, run in other pods (KubeRay) while the step runs, and
+Feast's registry points the feature server and the materialization job at the offline tables' paths. On a
+cluster (`placement.workspace_pvc` set) those things go to the workspace volume that every step pod, every Ray
+pod and the Feast pods mount at `placement.workspace`, under the step folder's own path mirrored there:
+
+    step folder   /gcs/mlpipeline/v2/artifacts/ads-full/<run>/train-ctr/<id>/model
+    shared        /mnt/adflow/steps/gcs/mlpipeline/v2/artifacts/ads-full/<run>/train-ctr/<id>/model
+
+With the KFP local runner (and the `services` rehearsal) every process is on one machine: the step folder is
+itself shared, and nothing is copied. The rehearsal can still set `workspace_pvc` to take the cluster's path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from adflow.config import Placement
+
+MARKER = ".adflow-shared"  # written last: a copy without it is incomplete (a step died mid-copy)
+
+
+def _mirror(placement: Placement, folder: str | Path) -> Path:
+    path = Path(folder).resolve()
+    return Path(placement.workspace) / "steps" / path.relative_to(path.anchor)
+
+
+def on_workspace(placement: Placement, folder: str | Path) -> bool:
+    return Path(folder).resolve().is_relative_to(Path(placement.workspace).resolve())
+
+
+def shared(placement: Placement, step_dir: str | Path) -> Path:
+    """The folder for what other pods read or write during the step (created): `step_dir` itself when there
+    is no workspace volume or it is already on it, else its mirror on the volume."""
+    if not placement.workspace_pvc or on_workspace(placement, step_dir):
+        out = Path(step_dir)
+    else:
+        out = _mirror(placement, step_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def shared_input(placement: Placement, folder: str | Path) -> Path:
+    """An input folder (a data set) where other pods can read it: itself, or its copy on the volume. The copy
+    is made once per artifact (MOON and Creative4U read the same data set, possibly at the same time): into a
+    private folder first, then renamed into place, so a reader never sees half of it."""
+    if not placement.workspace_pvc or on_workspace(placement, folder):
+        return Path(folder)
+    dest = _mirror(placement, folder)
+    if (dest / MARKER).exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
+    shutil.copytree(folder, tmp)
+    (tmp / MARKER).write_text(str(Path(folder).resolve()))
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another step's copy got there first; a folder there without the marker is not trusted
+        if (dest / MARKER).exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            shutil.rmtree(dest, ignore_errors=True)
+            os.rename(tmp, dest)
+    return dest
+
+
+def publish(src: str | Path, step_dir: str | Path, names: list[str]) -> None:
+    """Copy results made on the volume (`names` under `src`) into the step's own folder, which KFP uploads for
+    the next steps. Nothing to do when they are the same folder."""
+    src, dst = Path(src), Path(step_dir)
+    if src.resolve() == dst.resolve():
+        return
+    for name in names:
+        s = src / name
+        if s.is_dir():
+            shutil.copytree(s, dst / name, dirs_exist_ok=True)
+        elif s.exists():
+            shutil.copy2(s, dst / name)
