@@ -7,6 +7,7 @@ adflow data validate data/tiny
 adflow pipeline compile --out build/pipelines
 adflow pipeline submit --host http://localhost:8080 [--preset full] [--placement cluster]
 adflow config show --preset full --placement cluster
+adflow workspace prune --older-than 14 --dry-run --placement cluster
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ services_app = typer.Typer(
 app.add_typer(services_app, name="services")
 app.add_typer(model_app, name="model")
 app.add_typer(ab_app, name="ab")
+workspace_app = typer.Typer(
+    help="The workspace volume: what steps left there for Ray and Feast.", no_args_is_help=True
+)
+app.add_typer(workspace_app, name="workspace")
 
 Preset = Annotated[str, typer.Option("--preset", "-p", help="what to train: tiny | full | path to a YAML")]
 Placement = Annotated[
@@ -476,6 +481,27 @@ def ab_conclude(
     typer.echo(f"{done.experiment.name}: concluded, winner {winner} ({done.winner_model})")
     if done.move is not None:
         typer.echo(f"{model}@{done.move.alias}: {done.move.from_version} -> {done.move.to_version}")
+
+
+@workspace_app.command("prune")
+def workspace_prune(
+    older_than: Annotated[float, typer.Option(help="days since anything in a folder last changed", min=0)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would go; delete nothing")] = False,
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Delete the step folders (Ray checkpoints, prepared inputs, data set copies) that pipeline runs left under
+    <workspace>/steps, when untouched for --older-than days. Registered models, MLflow and Feast are not there."""
+    from adflow.workspace import prune
+
+    ws = _settings("tiny", placement, set_).resolved().placement.workspace
+    gone = prune(ws, older_than, dry_run=dry_run)
+    for f in gone:
+        typer.echo(f"{f.age_days:7.1f} d  {f.size_bytes / 1e6:10.1f} MB  {f.path}")
+    verb = "would free" if dry_run else "freed"
+    typer.echo(
+        f"{len(gone)} folder(s) under {ws}/steps older than {older_than:g} days; {verb} {sum(f.size_bytes for f in gone) / 1e6:.1f} MB"
+    )
 
 
 def _services_root(s: Settings) -> Path:

@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from adflow.config import Placement
 
-MARKER = ".adflow-shared"  # written last: a copy without it is incomplete (a step died mid-copy)
+MARKER = ".adflow-shared"  # an input's copy: written last, a copy without it is not trusted
+STEP_MARKER = (
+    ".adflow-step"  # a step folder's mirror; both markers hold the folder they stand for (prune lists it)
+)
 
 
 def _mirror(placement: Placement, folder: str | Path) -> Path:
@@ -39,9 +44,11 @@ def shared(placement: Placement, step_dir: str | Path) -> Path:
     is no workspace volume or it is already on it, else its mirror on the volume."""
     if not placement.workspace_pvc or on_workspace(placement, step_dir):
         out = Path(step_dir)
-    else:
-        out = _mirror(placement, step_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    out = _mirror(placement, step_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / STEP_MARKER).write_text(str(Path(step_dir).resolve()))
     return out
 
 
@@ -81,3 +88,50 @@ def publish(src: str | Path, step_dir: str | Path, names: list[str]) -> None:
             shutil.copytree(s, dst / name, dirs_exist_ok=True)
         elif s.exists():
             shutil.copy2(s, dst / name)
+
+
+@dataclass(frozen=True)
+class StepFolder:
+    path: Path  # on the volume
+    mirrors: str  # the step or input folder it stands for
+    size_bytes: int
+    age_days: float  # since anything in it last changed
+
+
+def step_folders(workspace: str | Path, now: float | None = None) -> list[StepFolder]:
+    """Every step folder and input copy under <workspace>/steps, oldest first."""
+    root = Path(workspace) / "steps"
+    now = time.time() if now is None else now
+    found = []
+    for marker in [*root.rglob(STEP_MARKER), *root.rglob(MARKER)]:
+        folder = marker.parent
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        newest = max((p.stat().st_mtime for p in files), default=marker.stat().st_mtime)
+        found.append(
+            StepFolder(
+                folder,
+                marker.read_text().strip(),
+                sum(p.stat().st_size for p in files),
+                (now - newest) / 86400,
+            )
+        )
+    return sorted(found, key=lambda f: -f.age_days)
+
+
+def prune(
+    workspace: str | Path, older_than_days: float, dry_run: bool = False, now: float | None = None
+) -> list[StepFolder]:
+    """Delete step folders and input copies nothing has touched for `older_than_days` (their checkpoints
+    go with them: a later run can no longer `resume_from` them), and the folders left empty above them.
+    Returns what was (or, with dry_run, would be) deleted."""
+    root = Path(workspace) / "steps"
+    old = [f for f in step_folders(workspace, now) if f.age_days >= older_than_days]
+    if dry_run:
+        return old
+    for f in old:
+        shutil.rmtree(f.path)
+        parent = f.path.parent
+        while parent != root and parent.is_relative_to(root) and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    return old

@@ -79,3 +79,45 @@ def test_an_incomplete_copy_is_replaced(tmp_path: Path) -> None:
     (dest / "images" / "3.png").unlink()
     assert shared_input(cluster, data) == dest
     assert (dest / MARKER).exists() and (dest / "images" / "3.png").exists()
+
+
+def test_prune_deletes_old_step_folders_only(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from typer.testing import CliRunner
+
+    from adflow.cli import app
+    from adflow.workspace import prune, step_folders
+
+    _, cluster = _placements(tmp_path)
+    ws = tmp_path / "ws"
+    old_run, new_run = tmp_path / "pod" / "run1" / "model", tmp_path / "pod" / "run2" / "model"
+    for step in (old_run, new_run):
+        work = shared(cluster, step)
+        (work / "ray").mkdir()
+        (work / "ray" / "state.pt").write_bytes(b"x" * 1000)
+    data = shared_input(cluster, _dataset(tmp_path))
+    (ws / "feast").mkdir()  # not a step folder: never touched
+    (ws / "feast" / "registry.db").write_bytes(b"r")
+    month_ago = time.time() - 30 * 86400
+    old_work = shared(cluster, old_run)
+    for p in [*old_work.rglob("*"), *data.rglob("*")]:
+        os.utime(p, (month_ago, month_ago))
+
+    listed = {f.mirrors: f for f in step_folders(ws)}
+    assert set(listed) == {str(old_run), str(new_run), str(tmp_path / "pod" / "inputs" / "dataset")}
+    assert listed[str(old_run)].age_days > 29 and listed[str(new_run)].age_days < 1
+    assert listed[str(old_run)].size_bytes >= 1000
+
+    r = CliRunner().invoke(app, ["workspace", "prune", "--older-than", "14", "--dry-run",
+                                 "--set", f"placement.workspace={ws}"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "2 folder(s)" in r.output and "would free" in r.output and str(old_work) in r.output
+    assert len(step_folders(ws)) == 3  # a dry run deletes nothing
+
+    gone = prune(ws, 14)
+    assert {f.mirrors for f in gone} == {str(old_run), str(tmp_path / "pod" / "inputs" / "dataset")}
+    assert [f.mirrors for f in step_folders(ws)] == [str(new_run)]
+    assert (ws / "feast" / "registry.db").exists()
+    assert not (ws / "steps" / old_run.relative_to("/")).parent.exists()  # empty folders above it went too
