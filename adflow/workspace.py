@@ -9,8 +9,10 @@ pod and the Feast pods mount at `placement.workspace`, under the step folder's o
     step folder   /gcs/mlpipeline/v2/artifacts/ads-full/<run>/train-ctr/<id>/model
     shared        /mnt/adflow/steps/gcs/mlpipeline/v2/artifacts/ads-full/<run>/train-ctr/<id>/model
 
-With the KFP local runner (and the `services` rehearsal) every process is on one machine: the step folder is
-itself shared, and nothing is copied. The rehearsal can still set `workspace_pvc` to take the cluster's path.
+With the KFP local runner (and the `services` rehearsal) every process is on one machine and `workspace_pvc`
+is unset: the step folder is itself shared, and nothing is copied. (Set there, nothing would be copied either:
+the local runner keeps its step folders under the workspace. The tests rehearse the cluster's layout by
+calling the stages with step folders and data sets outside it.)
 """
 
 from __future__ import annotations
