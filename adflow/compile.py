@@ -35,7 +35,7 @@ def pipeline_arguments(settings: Settings, parent_run_id: str = "") -> dict[str,
     }
 
 
-def _read_ir(path: Path) -> list[dict[str, Any]]:
+def read_ir(path: Path) -> list[dict[str, Any]]:
     """The compiled file's documents: the pipeline spec, then (when a step has Kubernetes settings) the
     platform spec."""
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -47,7 +47,7 @@ def _write_ir(path: Path, docs: list[dict[str, Any]]) -> None:
 
 def stamp_image(path: Path, image: str) -> int:
     """Set every executor's container image: the compiled YAML names exactly the image that will run it."""
-    docs = _read_ir(path)
+    docs = read_ir(path)
     n = 0
     for executor in docs[0].get("deploymentSpec", {}).get("executors", {}).values():
         if "container" in executor:
@@ -67,7 +67,7 @@ def stamp_workspace(path: Path, pvc: str, mount_path: str) -> list[str]:
     mount = pb.PvcMount(mount_path=mount_path, constant=pvc)  # `constant`: what older KFP backends read
     mount.pvc_name_parameter.runtime_value.constant.string_value = pvc
     entry = json_format.MessageToDict(mount)
-    docs = _read_ir(path)
+    docs = read_ir(path)
     if len(docs) == 1:
         docs.append({})
     platform = docs[1].setdefault("platforms", {}).setdefault("kubernetes", {})
@@ -118,7 +118,7 @@ def stamp_resources(
     """Set each step's CPU/memory requests and limits (`default`: every step not named). Returns what each
     executor got. A name that is no step of this pipeline nor in `other_steps` (the other pipelines' steps:
     one placement serves every pipeline) is refused with the step names: it is a typo."""
-    docs = _read_ir(path)
+    docs = read_ir(path)
     executors = docs[0].get("deploymentSpec", {}).get("executors", {})
     steps = {e.removeprefix("exec-").replace("-", "_"): e for e in executors}
     if unknown := set(resources) - set(steps) - set(other_steps) - {"default"}:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from adflow.compile import compile_pipeline, load_pipeline, pipeline_arguments
+from adflow.compile import compile_pipeline, load_pipeline, pipeline_arguments, read_ir
 from adflow.config import Settings
 
 
@@ -83,14 +83,13 @@ def send(
 ) -> Submission:
     """Upload the package as a new pipeline version and start a run of it (needs a reachable KFP API)."""
     import kfp
-    import yaml
 
     client = kfp.Client(
         host=sub.host,
         namespace=namespace or "kubeflow",
         existing_token=os.environ[token_env] if token_env else None,
     )
-    name = next(yaml.safe_load_all(sub.package.read_text()))["pipelineInfo"]["name"]  # then: platform spec
+    name = read_ir(sub.package)[0]["pipelineInfo"]["name"]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     pipeline_id = client.get_pipeline_id(name)
     if pipeline_id is None:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from adflow.config import Placement
 
-MARKER = ".adflow-shared"  # an input's copy: written last, a copy without it is not trusted
-STEP_MARKER = (
-    ".adflow-step"  # a step folder's mirror; both markers hold the folder they stand for (prune lists it)
-)
+# Both markers hold the folder they stand for (prune lists it). MARKER: in an input's copy, written before the
+# copy is renamed into place (a folder there without it is not trusted). STEP_MARKER: in a step folder's mirror.
+MARKER = ".adflow-shared"
+STEP_MARKER = ".adflow-step"
 
 
 def _mirror(placement: Placement, folder: str | Path) -> Path:
@@ -67,15 +67,16 @@ def shared_input(placement: Placement, folder: str | Path) -> Path:
     tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
     shutil.copytree(folder, tmp)
     (tmp / MARKER).write_text(str(Path(folder).resolve()))
-    try:
-        os.rename(tmp, dest)
-    except OSError:  # another step's copy got there first; a folder there without the marker is not trusted
-        if (dest / MARKER).exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            shutil.rmtree(dest, ignore_errors=True)
+    for _ in range(3):
+        try:
             os.rename(tmp, dest)
-    return dest
+            return dest
+        except OSError:  # a folder is there: another step's complete copy, or one without the marker
+            if (dest / MARKER).exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return dest
+            shutil.rmtree(dest, ignore_errors=True)  # not trusted; another step may be replacing it too
+    raise RuntimeError(f"could not put the copy of {folder} at {dest}")
 
 
 def publish(src: str | Path, step_dir: str | Path, names: list[str]) -> None:
