@@ -41,6 +41,7 @@ HEADLINE = {
         "din_gauc",
         "din_cold_auc",
         "oracle_auc",
+        "reference_auc",
         "lead_vs_din_cold_auc_diff",
         "lead_vs_din_cold_auc_lo",
         "lead_vs_din_cold_auc_hi",

@@ -132,3 +132,49 @@ def test_deepspeed_zero_bf16_path_trains(feature_set: tuple[Path, Path]) -> None
     assert next(p.model.parameters()).dtype == torch.float32  # exported for fp32 serving
     out = p.predict(pd.read_parquet(features / "test.parquet"))
     assert np.all((out > 0) & (out < 1))
+
+
+def test_reference_model_features_and_fit(feature_set: tuple[Path, Path]) -> None:
+    """The gate's reference: hand-checked crossed features, and a fit that reads the world's taste."""
+    from adflow.models.reference import ReferenceModel
+
+    catalog = pd.DataFrame(
+        {
+            "item_id": [1, 2, 3, 4],
+            "category": ["a", "a", "b", "b"],
+            "attributes": [json.dumps({"colour": c, "style": s}) for c, s in ("rx", "bx", "ry", "by")],
+        }
+    )
+    frame = pd.DataFrame(
+        {
+            "item_id": [4, 4],
+            "hist_item_ids": [[1, 2, 3], None],
+            "segment": ["s1", "s2"],
+            "prominence": [0.5, 0.2],
+            "clutter": [0.1, 0.9],
+            "legibility": [0.3, 0.3],
+            "theme": ["warm", "cool"],
+            "position": [2, 1],
+            "ctr_smoothed": [0.1, None],
+            "click": [1, 0],
+        }
+    )
+    m = ReferenceModel.fit(frame, catalog, seq_len=10)
+    x = m.features(frame)
+    # item 4 is (b, blue, y); of the history 1, 2, 3 one item shares each; two values per attribute
+    assert x[0, :3] == pytest.approx([np.log(2 * 2 / 5)] * 3)
+    assert (x[1, :3] == 0).all()  # no history: an even taste
+    # segment s1 (first): indicator, three factors, two themes; s2 zero in row 0
+    assert x[0, 3:9] == pytest.approx([1, 0.5, 0.1, 0.3, 0, 1]) and (x[0, 9:15] == 0).all()
+    assert x[0, -2] == pytest.approx(np.log(2)) and x[1, -1] == pytest.approx(np.log(0.5))
+
+    src = feature_set[1]
+    train = pd.concat([pd.read_parquet(src / f"{s}.parquet") for s in ("train", "val")], ignore_index=True)
+    test = pd.read_parquet(src / "test.parquet")
+    ref = ReferenceModel.fit(train, pd.read_parquet(src / "catalog.parquet"), seq_len=10)
+    from adflow.metrics import auc
+
+    assert auc(test["click"].to_numpy(), ref.predict(test)) > 0.65
+    coef = ref.lr.coef_[0]  # type: ignore[attr-defined]
+    assert coef[0] > 0.1  # users click in the categories their history shows
+    assert coef[-2] < 0  # lower on the page, fewer clicks

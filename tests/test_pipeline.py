@@ -60,6 +60,9 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert "exchange_rate_auc" in gate_m and "text_moon_cold_auc_gain" in gate_m
     x = (gate_m["ciubm_moon_auc"] - gate_m["ciubm_auc"]) / gate_m["recall_gain"]
     assert gate_m["exchange_rate_auc"] == pytest.approx(x, rel=1e-6)
+    # the reference model (crossed features) is scored beside them and named in the gate's report
+    assert 0.5 < gate_m["reference_auc"] < 1
+    assert "Reference: a logistic regression" in Path(stages["gate"].artifacts["report"]).read_text()
     assert Path(stages["validate"].artifacts["data_docs"]).is_file()
     # Creative4U: SFT then GRPO ran; held-out accuracy for random, SFT-only and SFT+GRPO, swap consistency;
     # the selector answers in the verdict format after a few SFT epochs; its artifacts serve the next steps

@@ -4,6 +4,8 @@ The gate passes only when the candidate beats the champion by `gate.margin` on `
 default) and does not regress the guards (logloss up by at most `max_logloss_increase`, cold-start AUC down
 by at most `max_cold_auc_drop`). With no champion yet, the candidate must reach `gate.floor`. The decision,
 its reason and the full comparison (candidate, DIN baseline, champion, oracle) go to report.md/.html.
+Beside them: a reference logistic regression on hand-crossed features (adflow/models/reference.py), which
+shows how much of the gap to the oracle the data itself leaves open. It is scored, never gated on.
 """
 
 from __future__ import annotations
@@ -77,10 +79,31 @@ def decide(cfg: GateConfig, cand: dict[str, float], champ: dict[str, float] | No
 
 
 def score(predictor: Any, test: pd.DataFrame, cold: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-    p = predictor.predict(test)
+    return score_predictions(test, predictor.predict(test), cold)
+
+
+def score_predictions(
+    test: pd.DataFrame, p: np.ndarray, cold: np.ndarray
+) -> tuple[dict[str, float], np.ndarray]:
     y = test["click"].to_numpy()
     oracle = test["oracle_p"].to_numpy(float) if "oracle_p" in test else None
     return ctr_report(test["user_id"].to_numpy(), y, p, cold, oracle), p
+
+
+REFERENCE = "reference (LR, crossed features)"
+
+
+def reference(features_dir: str | Path, settings: Settings, test: pd.DataFrame) -> np.ndarray | None:
+    """The reference model fitted on train + val and scored on the test split; None for a feature set built
+    before the catalog travelled with it."""
+    from adflow.models.reference import ReferenceModel
+
+    src = Path(features_dir)
+    if not (src / "catalog.parquet").exists():
+        return None
+    train = pd.concat([pd.read_parquet(src / f"{s}.parquet") for s in ("train", "val")], ignore_index=True)
+    ref = ReferenceModel.fit(train, pd.read_parquet(src / "catalog.parquet"), settings.features.seq_len)
+    return ref.predict(test)
 
 
 def _plots(out: Path, y: np.ndarray, preds: dict[str, np.ndarray]) -> list[str]:
@@ -188,6 +211,23 @@ def _versus_lines(d: GateDecision) -> list[str]:
     return lines
 
 
+def _reference_lines(d: GateDecision) -> list[str]:
+    ref = d.models.get(REFERENCE)
+    if ref is None:
+        return []
+    line = (
+        "Reference: a logistic regression on hand-crossed features (the history's share of the target's "
+        "category and attributes, segment x creative factors, position, item CTR) reaches AUC "
+        f"{ref['auc']:.4f}; candidate minus reference {d.candidate['auc'] - ref['auc']:+.4f}"
+    )
+    if "oracle_auc" in ref:
+        line += (
+            f"; oracle minus reference {ref['oracle_auc'] - ref['auc']:+.4f} (the truth knows each user's "
+            "taste, every model estimates it from the last clicks)"
+        )
+    return [line + "."]
+
+
 def write_report(out: Path, d: GateDecision, plots: list[str], test_rows: int) -> None:
     verdict = "PASSED" if d.passed else "REJECTED"
     md = "\n".join(
@@ -202,6 +242,8 @@ def write_report(out: Path, d: GateDecision, plots: list[str], test_rows: int) -
             _table_md(d.models),
             "",
             *_versus_lines(d),
+            "",
+            *_reference_lines(d),
             "",
             *_exchange_lines(d),
             "",
@@ -224,7 +266,7 @@ td:first-child,th:first-child{{text-align:left}}h1{{color:{colour}}}</style></he
 <h1>Gate: {verdict}</h1><p><b>Reason:</b> {html.escape(d.reason)}</p>
 <p>Held-out test split: {test_rows} impressions. Champion: {f"version {d.champion_version}" if d.champion_version else "none"}.</p>
 <table><tr><th>model</th>{"".join(f"<th>{c}</th>" for c in COLUMNS)}</tr>{rows}</table>
-{"".join(f"<p>{html.escape(line)}</p>" for line in _versus_lines(d) + _exchange_lines(d))}
+{"".join(f"<p>{html.escape(line)}</p>" for line in _versus_lines(d) + _reference_lines(d) + _exchange_lines(d))}
 {"".join(f'<p><img src="{p}" style="max-width:100%"></p>' for p in plots)}</body></html>"""
     (out / "index.html").write_text(page)
     d.report_md, d.report_html = str(out / "report.md"), str(out / "index.html")
@@ -274,6 +316,9 @@ def evaluate(
     if champ_version is not None:
         champ, preds[f"champion v{champ_version}"] = score(load(tracking_uri, name, CHAMPION), test, cold)
         models[f"champion v{champ_version}"] = champ
+    ref = reference(features_dir, settings, test)
+    if ref is not None:
+        models[REFERENCE], preds["reference"] = score_predictions(test, ref, cold)
     if "oracle_auc" in cand:
         models["oracle (truth)"] = {
             "auc": cand["oracle_auc"],

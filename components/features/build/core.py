@@ -14,6 +14,7 @@ from typing import Any
 
 from adflow import features as F
 from adflow.config import Settings, settings_from_json
+from adflow.contract import read_table
 from adflow.progress import log
 from adflow.tracking import stage_run
 from adflow.workspace import publish, shared
@@ -50,6 +51,10 @@ def build(
     splits = F.split(frame, settings.features)
     for name, df in splits.items():
         df.to_parquet(out / f"{name}.parquet", index=False)
+    # the catalog's attributes travel with the splits: the gate's reference model crosses them with history
+    read_table(dataset, "items")[["item_id", "category", "attributes"]].to_parquet(
+        out / "catalog.parquet", index=False
+    )
     F.materialize(fs, tables)
     publish(tables.parent, out, ["tables"])  # the next steps read them from the feature set itself
     log(STAGE, f"training set {len(frame)} rows (train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])})")
