@@ -26,10 +26,13 @@ from pathlib import Path
 
 from adflow.config import Placement
 
-# Both markers hold the folder they stand for (prune lists it). MARKER: in an input's copy, written before the
+# The markers hold the folder they stand for (prune lists it). MARKER: in an input's copy, written before the
 # copy is renamed into place (a folder there without it is not trusted). STEP_MARKER: in a step folder's mirror.
+# PARTIAL: in the private folder a copy is made in, from its start, so one left by a step that died mid-copy
+# is found by prune too.
 MARKER = ".adflow-shared"
 STEP_MARKER = ".adflow-step"
+PARTIAL = ".adflow-partial"
 
 
 def _mirror(placement: Placement, folder: str | Path) -> Path:
@@ -65,8 +68,11 @@ def shared_input(placement: Placement, folder: str | Path) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
-    shutil.copytree(folder, tmp)
+    tmp.mkdir()
+    (tmp / PARTIAL).write_text(str(Path(folder).resolve()))
+    shutil.copytree(folder, tmp, dirs_exist_ok=True)
     (tmp / MARKER).write_text(str(Path(folder).resolve()))
+    (tmp / PARTIAL).unlink()
     for _ in range(3):
         try:
             os.rename(tmp, dest)
@@ -102,18 +108,19 @@ class StepFolder:
 
 
 def step_folders(workspace: str | Path, now: float | None = None) -> list[StepFolder]:
-    """Every step folder and input copy under <workspace>/steps, oldest first."""
+    """Every step folder, input copy and unfinished input copy under <workspace>/steps, oldest first."""
     root = Path(workspace) / "steps"
     now = time.time() if now is None else now
     found = []
-    for marker in [*root.rglob(STEP_MARKER), *root.rglob(MARKER)]:
+    for marker in [*root.rglob(STEP_MARKER), *root.rglob(MARKER), *root.rglob(PARTIAL)]:
         folder = marker.parent
         files = [p for p in folder.rglob("*") if p.is_file()]
         newest = max((p.stat().st_mtime for p in files), default=marker.stat().st_mtime)
+        what = marker.read_text().strip()
         found.append(
             StepFolder(
                 folder,
-                marker.read_text().strip(),
+                f"unfinished copy of {what}" if marker.name == PARTIAL else what,
                 sum(p.stat().st_size for p in files),
                 (now - newest) / 86400,
             )

@@ -4,7 +4,7 @@ import threading
 from pathlib import Path
 
 from adflow.config import Placement
-from adflow.workspace import MARKER, publish, shared, shared_input
+from adflow.workspace import MARKER, PARTIAL, publish, shared, shared_input
 
 
 def _placements(tmp_path: Path) -> tuple[Placement, Placement]:
@@ -97,27 +97,70 @@ def test_prune_deletes_old_step_folders_only(tmp_path: Path) -> None:
         work = shared(cluster, step)
         (work / "ray").mkdir()
         (work / "ray" / "state.pt").write_bytes(b"x" * 1000)
-    data = shared_input(cluster, _dataset(tmp_path))
+    src = _dataset(tmp_path)
+    data = shared_input(cluster, src)
+    assert not list(data.rglob(PARTIAL)) and not list(data.parent.glob(".dataset.*"))
+    # what a step that died in the middle of copying the data set leaves: the private folder, unfinished
+    dead = data.parent / ".dataset.0badf00d"
+    (dead / "tables").mkdir(parents=True)
+    (dead / PARTIAL).write_text(str(src))
+    (dead / "tables" / "items.parquet").write_bytes(b"p" * 10)
     (ws / "feast").mkdir()  # not a step folder: never touched
     (ws / "feast" / "registry.db").write_bytes(b"r")
     month_ago = time.time() - 30 * 86400
     old_work = shared(cluster, old_run)
-    for p in [*old_work.rglob("*"), *data.rglob("*")]:
+    for p in [*old_work.rglob("*"), *data.rglob("*"), *dead.rglob("*")]:
         os.utime(p, (month_ago, month_ago))
 
     listed = {f.mirrors: f for f in step_folders(ws)}
-    assert set(listed) == {str(old_run), str(new_run), str(tmp_path / "pod" / "inputs" / "dataset")}
+    unfinished = f"unfinished copy of {src}"
+    assert set(listed) == {
+        str(old_run), str(new_run), str(tmp_path / "pod" / "inputs" / "dataset"), unfinished
+    }  # fmt: skip
     assert listed[str(old_run)].age_days > 29 and listed[str(new_run)].age_days < 1
     assert listed[str(old_run)].size_bytes >= 1000
 
     r = CliRunner().invoke(app, ["workspace", "prune", "--older-than", "14", "--dry-run",
                                  "--set", f"placement.workspace={ws}"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "2 folder(s)" in r.output and "would free" in r.output and str(old_work) in r.output
-    assert len(step_folders(ws)) == 3  # a dry run deletes nothing
+    assert "3 folder(s)" in r.output and "would free" in r.output and str(old_work) in r.output
+    assert str(dead) in r.output
+    assert len(step_folders(ws)) == 4  # a dry run deletes nothing
 
     gone = prune(ws, 14)
-    assert {f.mirrors for f in gone} == {str(old_run), str(tmp_path / "pod" / "inputs" / "dataset")}
+    assert {f.mirrors for f in gone} == {
+        str(old_run),
+        str(tmp_path / "pod" / "inputs" / "dataset"),
+        unfinished,
+    }
     assert [f.mirrors for f in step_folders(ws)] == [str(new_run)]
     assert (ws / "feast" / "registry.db").exists()
     assert not (ws / "steps" / old_run.relative_to("/")).parent.exists()  # empty folders above it went too
+
+
+def test_a_copy_that_dies_midway_is_listed_for_prune(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The private folder a copy is made in is marked from its start: if the step dies mid-copy, prune sees it."""
+    import shutil
+
+    import pytest
+
+    from adflow import workspace
+    from adflow.workspace import step_folders
+
+    _, cluster = _placements(tmp_path)
+    src = _dataset(tmp_path)
+    real_copytree = shutil.copytree
+
+    def dies_midway(a, b, **kw):  # type: ignore[no-untyped-def]
+        real_copytree(a / "images", b / "images", **kw)  # half of it, then the pod is gone
+        raise OSError("pod evicted")
+
+    monkeypatch.setattr(workspace.shutil, "copytree", dies_midway)
+    with pytest.raises(OSError, match="evicted"):
+        shared_input(cluster, src)
+    (left,) = step_folders(tmp_path / "ws")
+    assert left.mirrors == f"unfinished copy of {src.resolve()}" and left.path.name.startswith(".dataset.")
+    assert (left.path / "images").is_dir() and not (left.path / MARKER).exists()
+    monkeypatch.undo()
+    data = shared_input(cluster, src)  # the next step copies afresh; the dead one stays for prune
+    assert (data / MARKER).exists() and len(step_folders(tmp_path / "ws")) == 2
