@@ -134,8 +134,11 @@ def test_deepspeed_zero_bf16_path_trains(feature_set: tuple[Path, Path]) -> None
     assert np.all((out > 0) & (out < 1))
 
 
-def test_reference_model_features_and_fit(feature_set: tuple[Path, Path]) -> None:
+def test_reference_model_features_and_fit(
+    feature_set: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The gate's reference: hand-checked crossed features, and a fit that reads the world's taste."""
+    from adflow.models import reference
     from adflow.models.reference import ReferenceModel
 
     catalog = pd.DataFrame(
@@ -167,6 +170,9 @@ def test_reference_model_features_and_fit(feature_set: tuple[Path, Path]) -> Non
     # segment s1 (first): indicator, three factors, two themes; s2 zero in row 0
     assert x[0, 3:9] == pytest.approx([1, 0.5, 0.1, 0.3, 0, 1]) and (x[0, 9:15] == 0).all()
     assert x[0, -2] == pytest.approx(np.log(2)) and x[1, -1] == pytest.approx(np.log(0.5))
+    monkeypatch.setattr(reference, "CHUNK", 1)  # a split too big for one pass is built in chunks, the same
+    assert np.array_equal(m.features(frame), x)
+    monkeypatch.undo()
 
     src = feature_set[1]
     train = pd.concat([pd.read_parquet(src / f"{s}.parquet") for s in ("train", "val")], ignore_index=True)
@@ -175,6 +181,10 @@ def test_reference_model_features_and_fit(feature_set: tuple[Path, Path]) -> Non
     from adflow.metrics import auc
 
     assert auc(test["click"].to_numpy(), ref.predict(test)) > 0.65
+    monkeypatch.setattr(reference, "FIT_ROWS", len(train) // 2)  # a big split: fitted on a seeded sample
+    half = ReferenceModel.fit(train, pd.read_parquet(src / "catalog.parquet"), seq_len=10)
+    assert auc(test["click"].to_numpy(), half.predict(test)) > 0.6
+    assert not np.allclose(half.lr.coef_, ref.lr.coef_)  # type: ignore[attr-defined]
     coef = ref.lr.coef_[0]  # type: ignore[attr-defined]
     assert coef[0] > 0.1  # users click in the categories their history shows
     assert coef[-2] < 0  # lower on the page, fewer clicks

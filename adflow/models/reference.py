@@ -10,6 +10,8 @@ click model's own terms, read from the same Feast features the neural models get
   - log(position) and the item's smoothed CTR to date.
 So it is a well-specified simple model, not a baseline to beat on every world: on imported data with other
 attributes or no creatives it is still valid, just weaker. Features are standardised; the fit is sklearn's.
+About forty weights need no more than `FIT_ROWS` rows: at full scale the fit reads a seeded sample and the
+features are built `CHUNK` rows at a time (a 10M-row split x 50 clicks of history would not fit in memory).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 FACTORS = ("prominence", "clutter", "legibility")
+FIT_ROWS = 200_000
+CHUNK = 100_000
 
 
 def catalog_attributes(catalog: pd.DataFrame) -> pd.DataFrame:
@@ -43,13 +47,17 @@ class ReferenceModel:
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
         """The crossed features of each row of a feature frame (hist_item_ids, item_id, segment, ...)."""
+        if len(frame) > CHUNK:
+            return np.vstack([self.features(frame.iloc[i : i + CHUNK]) for i in range(0, len(frame), CHUNK)])
         n, L = len(frame), self.seq_len
-        seq = np.zeros((n, L), np.int64)  # item ids, 0 = empty slot
+        seq = np.zeros((n, L), np.int64)  # item ids
+        filled = np.zeros((n, L), bool)  # which slots hold one (an id may be 0 in imported data)
         for r, s in enumerate(frame["hist_item_ids"]):
             if s is not None and len(s):
                 k = min(len(s), L)
                 seq[r, :k] = np.asarray(s[:k], np.int64)
-        length = (seq > 0).sum(1)
+                filled[r, :k] = True
+        length = filled.sum(1)
         target = frame["item_id"].astype(np.int64).to_numpy()
         cols: list[np.ndarray] = []
         attrs = self.attributes.set_index("item_id")
@@ -59,7 +67,7 @@ class ReferenceModel:
             lookup = pd.Series(codes, index=attrs.index.to_numpy())
             t = lookup.reindex(target).fillna(-1).to_numpy(np.int64)
             h = lookup.reindex(seq.ravel()).fillna(-1).to_numpy(np.int64).reshape(n, L)
-            match = ((h == t[:, None]) & (t[:, None] >= 0) & (seq > 0)).sum(1)
+            match = ((h == t[:, None]) & (t[:, None] >= 0) & filled).sum(1)
             # log-ratio of the smoothed share to a uniform taste: 0 with no history, as with an even taste
             cols.append(np.log(v * (match + 1.0) / (length + v)))
         seg = frame["segment"].fillna("").to_numpy() if "segment" in frame else np.full(n, "")
@@ -77,8 +85,11 @@ class ReferenceModel:
         return np.column_stack(cols).astype(np.float64)
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, catalog: pd.DataFrame, seq_len: int) -> ReferenceModel:
+    def fit(cls, train: pd.DataFrame, catalog: pd.DataFrame, seq_len: int, seed: int = 0) -> ReferenceModel:
         from sklearn.linear_model import LogisticRegression
+
+        if len(train) > FIT_ROWS:
+            train = train.sample(FIT_ROWS, random_state=seed)
 
         m = cls(
             attributes=catalog_attributes(catalog),
