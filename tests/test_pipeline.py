@@ -143,6 +143,8 @@ def test_import_branch_runs_instead_of_synth(small_world: Path, tmp_path: Path) 
     # nor creative pairs: Creative4U steps aside too, and says why
     assert stages["creative"].status == "succeeded" and "no creative_pairs" in (stages["creative"].note or "")
     assert "ciubm_moon_auc" not in stages["gate"].metrics and "ciubm_auc" in stages["gate"].metrics
+    # the reference reads whatever attributes the catalog has (genre sets, release dates; no segments, creatives)
+    assert 0.5 < stages["gate"].metrics["reference_auc"] < 1
     assert stages["synth"].status == "skipped" and stages["ingest"].status == "succeeded"
     assert stages["ingest"].metrics["rows_impressions"] == len((ml / "u.data").read_text().splitlines())
     assert stages["train_ctr"].status == "succeeded" and stages["gate"].status == "succeeded"
