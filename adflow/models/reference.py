@@ -28,15 +28,26 @@ CHUNK = 100_000
 
 
 def catalog_attributes(catalog: pd.DataFrame) -> pd.DataFrame:
-    """item_id, category and one column per key of the `attributes` JSON (values as strings)."""
+    """item_id, category and one column per key of the `attributes` JSON (values as strings: a list value,
+    such as MovieLens' genres, matches only the same list)."""
     parsed = [json.loads(a) if isinstance(a, str) and a else {} for a in catalog["attributes"]]
     attrs = pd.DataFrame(parsed, index=catalog.index).astype("string")
     return pd.concat([catalog[["item_id", "category"]], attrs], axis=1)
 
 
+def attribute_codes(catalog: pd.DataFrame) -> dict[str, tuple[pd.Series, int]]:
+    """Per attribute (category first): item_id -> value code (-1: none), and the number of values."""
+    attrs = catalog_attributes(catalog).set_index("item_id")
+    out = {}
+    for a in attrs.columns:
+        codes, uniques = pd.factorize(attrs[a], use_na_sentinel=True)
+        out[str(a)] = (pd.Series(codes, index=attrs.index.to_numpy()), max(len(uniques), 1))
+    return out
+
+
 @dataclass
 class ReferenceModel:
-    attributes: pd.DataFrame  # from catalog_attributes
+    codes: dict[str, tuple[pd.Series, int]]  # from attribute_codes, built once at fit
     seq_len: int
     segments: list[str] = field(default_factory=list)
     themes: list[str] = field(default_factory=list)
@@ -60,11 +71,7 @@ class ReferenceModel:
         length = filled.sum(1)
         target = frame["item_id"].astype(np.int64).to_numpy()
         cols: list[np.ndarray] = []
-        attrs = self.attributes.set_index("item_id")
-        for a in attrs.columns:
-            codes, uniques = pd.factorize(attrs[a], use_na_sentinel=True)
-            v = max(len(uniques), 1)
-            lookup = pd.Series(codes, index=attrs.index.to_numpy())
+        for lookup, v in self.codes.values():
             t = lookup.reindex(target).fillna(-1).to_numpy(np.int64)
             h = lookup.reindex(seq.ravel()).fillna(-1).to_numpy(np.int64).reshape(n, L)
             match = ((h == t[:, None]) & (t[:, None] >= 0) & filled).sum(1)
@@ -92,7 +99,7 @@ class ReferenceModel:
             train = train.sample(FIT_ROWS, random_state=seed)
 
         m = cls(
-            attributes=catalog_attributes(catalog),
+            codes=attribute_codes(catalog),
             seq_len=seq_len,
             segments=sorted(train["segment"].dropna().unique()) if "segment" in train else [],
             themes=sorted(train["theme"].dropna().unique()) if "theme" in train else [],
