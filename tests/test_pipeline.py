@@ -144,7 +144,8 @@ def test_import_branch_runs_instead_of_synth(small_world: Path, tmp_path: Path) 
     assert stages["creative"].status == "succeeded" and "no creative_pairs" in (stages["creative"].note or "")
     assert "ciubm_moon_auc" not in stages["gate"].metrics and "ciubm_auc" in stages["gate"].metrics
     # the reference reads whatever attributes the catalog has (genre sets, release dates; no segments, creatives)
-    assert 0.5 < stages["gate"].metrics["reference_auc"] < 1
+    # (0.86 on this data, the same every run: the fit is seeded; the floor asks for clearly better than chance)
+    assert 0.65 < stages["gate"].metrics["reference_auc"] < 1
     assert stages["synth"].status == "skipped" and stages["ingest"].status == "succeeded"
     assert stages["ingest"].metrics["rows_impressions"] == len((ml / "u.data").read_text().splitlines())
     assert stages["train_ctr"].status == "succeeded" and stages["gate"].status == "succeeded"
