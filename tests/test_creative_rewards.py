@@ -137,3 +137,76 @@ def test_pair_examples_both_orders(small_world: Path) -> None:
     assert factor_reward(comps, **kw) == [1.0] * len(ex)
     assert consistency_reward(comps, **kw) == [1.0] * len(ex)
     assert ex["prompt"].str.count("<image>").eq(2).all()
+
+
+def test_described_levels_reads_each_creative_by_the_protocol() -> None:
+    """The reasoning's description of each creative, read back: every factor's level per slot; a factor
+    described twice over (two levels) or a slot never described counts as not said."""
+    from adflow.creative.rewards import described_levels
+
+    think = (
+        "The user is a practical shopper put off by busy pictures. A: product large, background clean, "
+        "text faint, cool theme. B: product medium, some clutter, text crisp, warm theme. "
+        "Deciding factor: background clutter, which favours A."
+    )
+    assert described_levels(think) == {
+        ("A", "prominence"): "product large",
+        ("A", "clutter"): "background clean",
+        ("A", "legibility"): "text faint",
+        ("A", "theme"): "cool",
+        ("B", "prominence"): "product medium",
+        ("B", "clutter"): "some clutter",
+        ("B", "legibility"): "text crisp",
+        ("B", "theme"): "warm",
+    }
+    muddled = described_levels("A: product large, product small, background busy, dark theme.")
+    assert ("A", "prominence") not in muddled and muddled[("A", "clutter")] == "background busy"
+    assert muddled[("A", "theme")] == "dark" and not any(slot == "B" for slot, _ in muddled)
+
+
+def test_fact_scores_against_the_gold_rationale() -> None:
+    """Per factor, the share of (answer, creative) descriptions that match the gold rationale's level; a
+    malformed answer describes nothing; `facts_all` needs all eight right."""
+    import pandas as pd
+
+    from components.training.creative.core import fact_scores
+
+    def answer(a: str, b: str, label: str = "A") -> str:
+        return f"<think>The user is x. A: {a}. B: {b}. Deciding factor: colour theme, which favours {label}.</think><answer>{label}</answer>"
+
+    gold = answer(
+        "product large, background clean, text faint, cool theme",
+        "product small, some clutter, text crisp, warm theme",
+    )
+    right = gold
+    one_off = answer(
+        "product large, background busy, text faint, cool theme",
+        "product small, some clutter, text crisp, warm theme",
+        "B",
+    )
+    judged = pd.DataFrame({"output": [right, one_off, "no answer at all"], "completion": [gold] * 3})
+    got = fact_scores(judged)
+    assert got["facts_prominence"] == pytest.approx(4 / 6) and got["facts_legibility"] == pytest.approx(4 / 6)
+    assert got["facts_clutter"] == pytest.approx(3 / 6) and got["facts_theme"] == pytest.approx(4 / 6)
+    assert got["facts_all"] == pytest.approx(1 / 3)
+
+
+def test_describe_examples_one_per_creative_of_trained_products(small_world: Path) -> None:
+    """Single creatives described by the protocol for CoT-SFT: one image, the rationale's own words for its
+    factors, no held-out product's creative among them."""
+    import pandas as pd
+
+    from adflow.creative.data import describe_examples, pair_examples
+    from adflow.data.world import describe_creative
+
+    creatives = pd.read_parquet(small_world / "creatives.parquet").set_index("creative_id")
+    unseen = {int(creatives["item_id"].iloc[0])}
+    ex = describe_examples(small_world, unseen)
+    assert len(ex) == int((~creatives["item_id"].isin(unseen)).sum()) and not ex["item_id"].isin(unseen).any()
+    assert (ex["split"] == "describe").all() and ex["prompt"].str.count("<image>").eq(1).all()
+    assert list(ex.columns) == list(pair_examples(small_world, ("train",)).columns)
+    for row in ex.itertuples(index=False):
+        (cid,) = row.creative_ids
+        assert row.completion == describe_creative(creatives.loc[cid].to_dict()) + "."
+        assert Path(row.images[0]).is_file() and row.images[0].endswith(creatives.at[cid, "image_path"])
+    assert (ex["pair_key"] < 0).all()  # never joins a pair's two orders

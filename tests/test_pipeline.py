@@ -74,7 +74,13 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert cr.metrics["tournament_n"] == 12 and cr.metrics["tournament_chance"] == pytest.approx(1 / 3)
     out = Path(cr.artifacts["creative"])
     assert (out / "selector" / "selector.json").is_file() and (out / "scorer.json").is_file()
-    assert (out / "report.md").read_text().count("| sft") == 2
+    # the accuracy table and the "what the reasoning sees" table, a row each for SFT and SFT+GRPO
+    assert (out / "report.md").read_text().count("| sft") == 4
+    # CoT-SFT also learnt to describe single creatives: every creative of a trained product, none held out
+    assert 0 < cr.metrics["creatives_described"] < stages["synth"].metrics["rows_creatives"]
+    assert all(
+        0 <= cr.metrics[f"sft_facts_{f}"] <= 1 for f in ("prominence", "clutter", "legibility", "theme")
+    )
     assert all(st.duration_s and st.duration_s > 0 for st in summary.stages if st.status == "succeeded")
     run_json = tmp_path / "runs" / summary.run_id / "summary.json"
     latest = tmp_path / "runs" / "latest" / "summary.json"

@@ -8,7 +8,8 @@ swapped order, so it names the same deciding factor in the other slot.
 
 Columns: pair_key, swapped, split, item_id, prompt (text), images (two paths: the first is "A"), creative_ids
 (the same two, as ids), label, deciding_factor, completion (`<think>rationale</think><answer>X</answer>`,
-the CoT-SFT target).
+the CoT-SFT target). `describe_examples` gives CoT-SFT single creatives in the same columns (split
+"describe", one image, the creative's description as the completion, no verdict).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from pathlib import Path
 import pandas as pd
 
 from adflow.contract import read_table
-from adflow.data.world import PROTOCOL, pair_rationale, pair_verdict
+from adflow.data.world import PROTOCOL, describe_creative, pair_rationale, pair_verdict
 
 QUESTION = "Which creative should this user be shown? Think it through, then answer A or B."
+DESCRIBE = "Describe this creative by the protocol."
+
+
+COLUMNS = [
+    "pair_key", "swapped", "split", "item_id", "prompt", "images", "creative_ids", "label", "deciding_factor",
+    "completion",
+]  # fmt: skip
 
 
 def prompt(title: str, interests: str) -> str:
@@ -68,7 +76,36 @@ def pair_examples(dataset: str | Path, splits: tuple[str, ...] = ("train",)) -> 
                     "completion": answer(pair_rationale(f1, f2, str(p.user_segment)), label),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def describe_examples(dataset: str | Path, exclude_items: set[int]) -> pd.DataFrame:
+    """One example per creative (products in `exclude_items` left out): the creative alone, described by the
+    protocol in the rationale's own words ("product large, background busy, text crisp, warm theme."), as
+    `split` "describe", in `pair_examples`' columns.
+
+    Mixed into CoT-SFT, they train what the rationale's first half needs, seeing each creative's factors,
+    through the tokens the language model reads: with pairs alone, a from-scratch selector described product
+    prominence at chance although its vision warm-up had fitted it (FIELD-NOTES)."""
+    root = Path(dataset)
+    creatives = read_table(root, "creatives")
+    creatives = creatives[~creatives["item_id"].isin(exclude_items)]
+    rows = [
+        {
+            "pair_key": -int(c.creative_id),  # never a pair's key
+            "swapped": False,
+            "split": "describe",
+            "item_id": int(c.item_id),
+            "prompt": f"{PROTOCOL}\nCreative: <image>\n{DESCRIBE}",
+            "images": [str(root / c.image_path)],
+            "creative_ids": [int(c.creative_id)],
+            "label": "",
+            "deciding_factor": "",
+            "completion": describe_creative(c._asdict()) + ".",
+        }
+        for c in creatives.itertuples(index=False)
+    ]
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def user_interests(dataset: str | Path) -> dict[int, str]:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adflow.data.world import FACTOR_TEXT
+from adflow.data.world import FACTOR_TEXT, LEVELS, THEME_NAMES
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _VERDICT = re.compile(r"\s*<think>(?P<think>.+?)</think>\s*<answer>\s*(?P<answer>[AB])\s*</answer>\s*", re.S)
@@ -82,6 +82,28 @@ def factor_reward(completions: Sequence[Any], deciding_factor: Sequence[str], **
     for c, f in zip(completions, deciding_factor, strict=True):
         v = parse(c)
         out.append(1.0 if v is not None and names_factor(v.think, f) else 0.0)
+    return out
+
+
+def described_levels(think: str) -> dict[tuple[str, str], str]:
+    """What reasoning says about each creative, by the protocol's words: {(slot, factor): level}.
+
+    The rationale assesses each creative on its own ("A: product large, background busy, text crisp, warm
+    theme. B: ..."); a slot's description runs from "A:" (or "B:") to the next full stop. A factor is read
+    only when exactly one of its levels' words is there, so a muddled description counts as not said."""
+    out: dict[tuple[str, str], str] = {}
+    for slot in ("A", "B"):
+        m = re.search(rf"\b{slot}:\s*([^.]*)", think)
+        if m is None:
+            continue
+        text = m.group(1).lower()
+        for factor, (_, names) in LEVELS.items():
+            said = [n for n in names if n in text]
+            if len(said) == 1:
+                out[(slot, factor)] = said[0]
+        themes = [t for t in THEME_NAMES if f"{t} theme" in text]
+        if len(themes) == 1:
+            out[(slot, "theme")] = themes[0]
     return out
 
 

@@ -31,6 +31,7 @@ from adflow.workspace import publish, shared, shared_input
 
 STAGE = "creative"
 HELD_OUT = ("test", "test_unseen")
+SFT_SPLITS = ("train", "describe")  # CoT-SFT: the training pairs and the single creatives described
 
 
 class CreativeUnavailable(RuntimeError):
@@ -56,7 +57,7 @@ def prepare(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dic
 
     from adflow.contract import read_table
     from adflow.creative import selector as S
-    from adflow.creative.data import pair_examples
+    from adflow.creative.data import describe_examples, pair_examples
     from adflow.data.world import THEME_NAMES
 
     m, t = settings.creative_model, settings.creative_train
@@ -68,20 +69,23 @@ def prepare(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dic
     train = examples[examples["split"] == "train"]
     if train.empty or examples["split"].isin(HELD_OUT).sum() == 0:
         raise CreativeUnavailable("the creative pairs need both training and held-out pairs")
+    # held-out products stay unseen: neither the vision warm-up nor the described creatives show them
+    unseen = set(examples.loc[examples["split"] == "test_unseen", "item_id"])
+    if t.describe_creatives:
+        examples = pd.concat([examples, describe_examples(dataset, unseen)], ignore_index=True)
     examples.to_parquet(out / "examples.parquet", index=False)
-    processor = S.SelectorProcessor.build(m, S.corpus(train))
+    processor = S.SelectorProcessor.build(m, S.corpus(examples[examples["split"].isin(SFT_SPLITS)]))
     processor.save(out / "processor")
     torch.manual_seed(t.seed)
     model = S.build_selector(m, processor)
     info: dict[str, Any] = {
         "pairs_train": int(train["pair_key"].nunique()),
         "pairs_held_out": int(examples.loc[examples["split"].isin(HELD_OUT), "pair_key"].nunique()),
+        "creatives_described": int((examples["split"] == "describe").sum()),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
     if t.vision_warmup_steps > 0 and not m.backbone_path:
-        # only creatives of products whose pairs are trained on: held-out products stay unseen
         creatives = read_table(dataset, "creatives")
-        unseen = set(examples.loc[examples["split"] == "test_unseen", "item_id"])
         creatives = creatives[~creatives["item_id"].isin(unseen)]
         images = [S.load_image(str(Path(dataset) / p), m.image_size) for p in creatives["image_path"]]
         t0 = time.perf_counter()
@@ -194,7 +198,8 @@ def train_loop(config: dict[str, Any]) -> None:
             max_length=None,
             **common,
         ),
-        train_dataset=_records(train, m.image_size, None),
+        # the pairs' rationales, plus single creatives described by the protocol (split "describe")
+        train_dataset=_records(examples[examples["split"].isin(SFT_SPLITS)], m.image_size, None),
         processing_class=processor,
         callbacks=[_history_callback(config["history_path"], "sft", rank)],
     )
@@ -304,8 +309,32 @@ def scores(judged: pd.DataFrame) -> dict[str, float]:
         if judged["correct"].any()
         else 0.0,
     }
+    out |= fact_scores(judged)
     n = len(judged)
     out["accuracy_ci95"] = float(1.96 * np.sqrt(out["accuracy"] * (1 - out["accuracy"]) / max(n, 1)))
+    return out
+
+
+def fact_scores(judged: pd.DataFrame) -> dict[str, float]:
+    """How often the reasoning describes each creative's design factors as the gold rationale does
+    (`facts_<factor>`, over both creatives of every held-out answer), and `facts_all`: every fact right.
+
+    The verdict can only be as good as what the selector sees: this says which factor it misreads."""
+    from adflow.creative.rewards import described_levels, parse
+
+    factors = ["prominence", "clutter", "legibility", "theme"]
+    right = {f: [] for f in factors}
+    whole = []
+    for output, gold in zip(judged["output"], judged["completion"], strict=True):
+        said_v, gold_v = parse(output), parse(gold)
+        said = described_levels(said_v.think) if said_v else {}
+        truth = described_levels(gold_v.think) if gold_v else {}
+        ok = [said.get(key) == level for key, level in truth.items()]
+        for (_, f), hit in zip(truth, ok, strict=True):
+            right[f].append(hit)
+        whole.append(bool(ok) and all(ok))
+    out = {f"facts_{f}": float(np.mean(v)) if v else 0.0 for f, v in right.items()}
+    out["facts_all"] = float(np.mean(whole)) if whole else 0.0
     return out
 
 
@@ -644,6 +673,22 @@ def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, 
             f"{r['accuracy_unseen_products']:.3f} | {r['swap_consistency']:.3f} | {r['format_validity']:.3f} | "
             f"{r['factor_named']:.3f} | {r.get('sampled_accuracy', r['accuracy']):.3f} |"
         )
+    described = [name for name in table if name != "random"]
+    if described and "facts_all" in table[described[0]]:
+        lines += [
+            "",
+            "What the reasoning sees: the share of held-out answers describing each creative's factor at the "
+            "gold rationale's level (both creatives), and every fact right:",
+            "",
+            "| selector | prominence | clutter | legibility | theme | all facts |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in described:
+            r = table[name]
+            lines.append(
+                f"| {name} | {r['facts_prominence']:.3f} | {r['facts_clutter']:.3f} | "
+                f"{r['facts_legibility']:.3f} | {r['facts_theme']:.3f} | {r['facts_all']:.3f} |"
+            )
     lines += [
         "",
         f"Tournament over each held-out (user, item)'s {met['creatives_per_item']:.1f} creatives "
