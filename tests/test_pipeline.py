@@ -78,9 +78,9 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert (out / "report.md").read_text().count("| sft") == 4
     # CoT-SFT also learnt to describe single creatives: every creative of a trained product, none held out
     assert 0 < cr.metrics["creatives_described"] < stages["synth"].metrics["rows_creatives"]
-    assert all(
-        0 <= cr.metrics[f"sft_facts_{f}"] <= 1 for f in ("prominence", "clutter", "legibility", "theme")
-    )
+    # what its reasoning says is read back: the colour theme (4 kinds) it describes right (0.96 on this world,
+    # the same every run), the coin describes nothing
+    assert cr.metrics["sft_facts_theme"] > 0.6 and cr.metrics["random_facts_theme"] == 0
     assert all(st.duration_s and st.duration_s > 0 for st in summary.stages if st.status == "succeeded")
     run_json = tmp_path / "runs" / summary.run_id / "summary.json"
     latest = tmp_path / "runs" / "latest" / "summary.json"

@@ -321,9 +321,9 @@ def fact_scores(judged: pd.DataFrame) -> dict[str, float]:
 
     The verdict can only be as good as what the selector sees: this says which factor it misreads."""
     from adflow.creative.rewards import described_levels, parse
+    from adflow.data.world import LEVELS
 
-    factors = ["prominence", "clutter", "legibility", "theme"]
-    right = {f: [] for f in factors}
+    right: dict[str, list[bool]] = {f: [] for f in [*LEVELS, "theme"]}
     whole = []
     for output, gold in zip(judged["output"], judged["completion"], strict=True):
         said_v, gold_v = parse(output), parse(gold)
