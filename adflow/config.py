@@ -257,6 +257,10 @@ class CreativeTrainConfig(Strict):
     beta: float = Field(0.0, ge=0)  # KL to the SFT policy (> 0 loads a reference copy)
     # GRPO's reward is the weighted sum of these plain functions (adflow/creative/rewards.py)
     reward_weights: dict[str, float] = {"format": 0.5, "accuracy": 1.0, "factor": 0.25, "consistency": 0.5}
+    # Serving (creative.json -> the creative service's /explain) gets the more accurate trained variant whose
+    # held-out accuracy, less its 95% interval, reaches this; neither: no selector is served. A from-scratch
+    # selector can come out of SFT answering one letter for every pair (tiny world, init seed 2: 0.500)
+    serve_min_accuracy: float = Field(0.6, ge=0, le=1)
     eval_batch_size: int = Field(64, ge=1)
     tournament_limit: int = Field(80, ge=1)  # held-out (user, item)s whose creatives are put to a tournament
     distill_pairs: int = Field(400, ge=10)  # unlabelled pairs the selector labels for the fast scorer

@@ -27,6 +27,7 @@ HEADLINE = {
         "tournament_best_hit",
         "tournament_chance",
         "scorer_agreement_with_selector",
+        "selector_served",
         "train_s",
     ),
     "moon": ("recall_at_10_moon", "recall_at_10_baseline", "detector_iou_cluttered", "train_s"),

@@ -3,6 +3,7 @@ special-token trap (tags that a real tokenizer holds as special tokens vanish wh
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,32 @@ def test_describe_examples_one_per_creative_of_trained_products(small_world: Pat
         assert row.completion == describe_creative(creatives.loc[cid].to_dict()) + "."
         assert Path(row.images[0]).is_file() and row.images[0].endswith(creatives.at[cid, "image_path"])
     assert (ex["pair_key"] < 0).all()  # never joins a pair's two orders
+
+
+def test_serving_gets_the_better_variant_that_clears_the_floor(tmp_path: Path) -> None:
+    """The more accurate trained variant whose held-out accuracy less its 95% interval reaches the floor is
+    served (equals: SFT+GRPO, the later stage); a coin-like selector is not, and then the creative service
+    finds no selector to explain with."""
+    from adflow.creative.choose import selector_folder
+    from components.training.creative.core import choose_served
+
+    def row(acc: float, ci: float = 0.03) -> dict[str, float]:
+        return {"accuracy": acc, "accuracy_ci95": ci}
+
+    assert choose_served({"sft": row(0.75), "sft_grpo": row(0.74)}, 0.6)[0] == "sft"
+    assert choose_served({"sft": row(0.75), "sft_grpo": row(0.76)}, 0.6)[0] == "sft_grpo"
+    assert choose_served({"sft": row(0.75), "sft_grpo": row(0.75)}, 0.6)[0] == "sft_grpo"
+    assert choose_served({"sft": row(0.70)}, 0.6)[0] == "sft"  # grpo_steps=0: SFT only
+    # the better one is too uncertain (few held-out pairs): the one that clears the floor is served
+    assert choose_served({"sft": row(0.66, 0.02), "sft_grpo": row(0.68, 0.1)}, 0.6)[0] == "sft"
+    # one letter for every pair (0.500): neither clears 0.6, and the reason names both and the setting
+    served, why = choose_served({"sft": row(0.5), "sft_grpo": row(0.52)}, 0.6)
+    assert served is None
+    assert "SFT 0.500" in why and "SFT+GRPO 0.520" in why and "serve_min_accuracy 0.60" in why
+    assert choose_served({"sft": row(0.5)}, 0.0)[0] == "sft"  # a floor of 0 serves whatever was trained
+    # what the stage writes either way, as the creative service reads it
+    (tmp_path / "selector").mkdir()
+    (tmp_path / "creative.json").write_text(json.dumps({"served": None, "selector": "selector", "note": why}))
+    assert selector_folder(tmp_path) is None
+    (tmp_path / "creative.json").write_text(json.dumps({"served": "sft", "selector": "selector"}))
+    assert selector_folder(tmp_path) == tmp_path / "selector"

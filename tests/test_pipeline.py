@@ -74,6 +74,11 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert cr.metrics["tournament_n"] == 12 and cr.metrics["tournament_chance"] == pytest.approx(1 / 3)
     out = Path(cr.artifacts["creative"])
     assert (out / "selector" / "selector.json").is_file() and (out / "scorer.json").is_file()
+    # served (the test's floor is 0): the more accurate variant, named in the note, creative.json and report
+    served = json.loads((out / "creative.json").read_text())["served"]
+    better = "sft_grpo" if cr.metrics["sft_grpo_accuracy"] >= cr.metrics["sft_accuracy"] else "sft"
+    assert cr.metrics["selector_served"] == 1 and served == better
+    assert f"{'SFT+GRPO' if better == 'sft_grpo' else 'SFT'} is served (" in cr.note
     # the accuracy table and the "what the reasoning sees" table, a row each for SFT and SFT+GRPO
     assert (out / "report.md").read_text().count("| sft") == 4
     # CoT-SFT also learnt to describe single creatives: every creative of a trained product, none held out

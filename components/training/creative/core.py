@@ -315,6 +315,28 @@ def scores(judged: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+VARIANT_NAMES = {"sft": "SFT", "sft_grpo": "SFT+GRPO"}
+
+
+def choose_served(table: dict[str, dict[str, float]], floor: float) -> tuple[str | None, str]:
+    """Which trained variant serving gets, and why: the most accurate on the held-out pairs among those whose
+    accuracy less its 95% interval reaches `floor` (a tie goes to SFT+GRPO, the later stage); None when
+    neither does, so a selector no better than a coin never explains a choice to anyone."""
+    trained = [n for n in ("sft_grpo", "sft") if n in table]
+
+    def figure(n: str) -> str:
+        return f"{table[n]['accuracy']:.3f} ± {table[n]['accuracy_ci95']:.3f}"
+
+    passing = [n for n in trained if table[n]["accuracy"] - table[n]["accuracy_ci95"] >= floor]
+    if not passing:
+        return None, (
+            f"no selector is served: held-out accuracy {', '.join(f'{VARIANT_NAMES[n]} {figure(n)}' for n in trained)}"
+            f" does not clear creative_train.serve_min_accuracy {floor:.2f}; /explain stays with the fast scorer"
+        )
+    served = max(passing, key=lambda n: table[n]["accuracy"])  # max keeps the first of equals: SFT+GRPO
+    return served, f"{VARIANT_NAMES[served]} is served (held-out accuracy {figure(served)})"
+
+
 def fact_scores(judged: pd.DataFrame) -> dict[str, float]:
     """How often the reasoning describes each creative's design factors as the gold rationale does
     (`facts_<factor>`, over both creatives of every held-out answer), and `facts_all`: every fact right.
@@ -546,9 +568,13 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
     table = {name: scores(j) for name, j in judged.items()}
     for name, j in sampled.items():
         table[name]["sampled_accuracy"] = float(j["correct"].mean())
-    served = "sft_grpo" if "sft_grpo" in loaded else "sft"
-    selector = loaded[served]
-    save_selector(selector, processor, out / "selector", {"variant": served, "config": m.model_dump()})
+    served, serving_note = choose_served(table, t.serve_min_accuracy)
+    log(STAGE, serving_note)
+    # the tournament and the scorer are measured on the served selector, else on the last trained one: what
+    # it would have done (its files are kept for a look, but creative.json serves nothing)
+    measured = served or ("sft_grpo" if "sft_grpo" in loaded else "sft")
+    selector = loaded[measured]
+    save_selector(selector, processor, out / "selector", {"variant": measured, "config": m.model_dump()})
     selector, processor, _ = load_selector(out / "selector")  # what serving loads, checked to load
     selector.to(device)
 
@@ -556,7 +582,7 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
     tour, tour_examples = tournaments(settings, dataset, selector, processor, t.tournament_limit)
     tour_s = time.perf_counter() - t_tour
     n_mean = float(tour["n"].mean()) if len(tour) else 0.0
-    scorer, distil_metrics = distil(settings, dataset, selector, processor, judged[served])
+    scorer, distil_metrics = distil(settings, dataset, selector, processor, judged[measured])
     scorer.save(out / "scorer.json")
     # the scorer's best-of-N on the tournament's (user, item)s, against the ground truth and the tournament
     from adflow.contract import read_table
@@ -591,16 +617,27 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
         "fit_s": fit_s,
         "eval_s": eval_s,
         "tournament_s": tour_s,
+        "selector_served": float(served is not None),
         **distil_metrics,
     }
     metrics |= {k: float(v) for k, v in info.items() if isinstance(v, int | float)}
     metrics["grpo_gain"] = metrics.get("sft_grpo_accuracy", metrics["sft_accuracy"]) - metrics["sft_accuracy"]
     tour.to_parquet(out / "tournament.parquet", index=False)
-    evaluation = {"table": table, "tournament_examples": tour_examples, "served": served, "metrics": metrics}
+    evaluation = {
+        "table": table,
+        "tournament_examples": tour_examples,
+        "served": served,
+        "measured": measured,
+        "serving_note": serving_note,
+        "metrics": metrics,
+    }
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=str))
     write_report(out, evaluation, history)
     (out / "creative.json").write_text(
-        json.dumps({"served": served, "selector": "selector", "scorer": "scorer.json"}, indent=2)
+        json.dumps(
+            {"served": served, "selector": "selector", "scorer": "scorer.json", "note": serving_note},
+            indent=2,
+        )
     )
     seconds = time.perf_counter() - t0
     log(
@@ -610,7 +647,8 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
         + f"; tournament picks the best {metrics['tournament_best_hit']:.2f} (chance {metrics['tournament_chance']:.2f})"
         + f" ({seconds:.0f}s)",
     )
-    return CreativeResult(str(out), str(out / "selector"), metrics, history, None, seconds)
+    selector_dir = str(out / "selector") if served else None
+    return CreativeResult(str(out), selector_dir, metrics, history, serving_note, seconds)
 
 
 def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, Any]]) -> None:
@@ -689,9 +727,12 @@ def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, 
                 f"| {name} | {r['facts_prominence']:.3f} | {r['facts_clutter']:.3f} | "
                 f"{r['facts_legibility']:.3f} | {r['facts_theme']:.3f} | {r['facts_all']:.3f} |"
             )
+    measured = VARIANT_NAMES[evaluation["measured"]]
     lines += [
         "",
-        f"Tournament over each held-out (user, item)'s {met['creatives_per_item']:.1f} creatives "
+        f"Serving: {evaluation['serving_note']}.",
+        "",
+        f"{measured}'s tournament over each held-out (user, item)'s {met['creatives_per_item']:.1f} creatives "
         f"({int(met['tournament_n'])} of them): the ground truth's best creative picked "
         f"{met['tournament_best_hit']:.3f} of the time (chance {met['tournament_chance']:.3f}; on unseen "
         f"products {met['tournament_best_hit_unseen']:.3f}), "
@@ -752,6 +793,7 @@ def run(
                     verdict += f", SFT+GRPO {m['sft_grpo_accuracy']:.3f}"
                 verdict += (
                     f"; swap consistency {m.get('sft_grpo_swap_consistency', m['sft_swap_consistency']):.3f}"
+                    f"; {result.note}"
                 )
                 sr.tag(NOTE_TAG, verdict)
                 return result
