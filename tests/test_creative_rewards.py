@@ -13,6 +13,7 @@ from adflow.creative.rewards import (
     check_tags_are_text,
     consistency_reward,
     factor_reward,
+    facts_reward,
     format_reward,
     parse,
 )
@@ -137,6 +138,8 @@ def test_pair_examples_both_orders(small_world: Path) -> None:
     assert accuracy_reward(comps, **kw) == [1.0] * len(ex)
     assert factor_reward(comps, **kw) == [1.0] * len(ex)
     assert consistency_reward(comps, **kw) == [1.0] * len(ex)
+    # every gold rationale states all eight facts in words the reader takes (else the facts reward is blind)
+    assert facts_reward(comps, gold=comps) == [1.0] * len(ex)
     assert ex["prompt"].str.count("<image>").eq(2).all()
 
 
@@ -190,6 +193,34 @@ def test_fact_scores_against_the_gold_rationale() -> None:
     assert got["facts_prominence"] == pytest.approx(4 / 6) and got["facts_legibility"] == pytest.approx(4 / 6)
     assert got["facts_clutter"] == pytest.approx(3 / 6) and got["facts_theme"] == pytest.approx(4 / 6)
     assert got["facts_all"] == pytest.approx(1 / 3)
+
+
+def test_facts_reward_grades_what_the_reasoning_saw() -> None:
+    """GRPO's graded reward: the share of the gold answer's eight facts stated alike, whatever the verdict;
+    malformed, or a gold answer that states no facts, earns 0; TRL hands the gold answer as chat messages."""
+
+    def answer(a: str, b: str, label: str = "A") -> str:
+        return f"<think>The user is x. A: {a}. B: {b}. Deciding factor: colour theme, which favours {label}.</think><answer>{label}</answer>"
+
+    gold = answer(
+        "product large, background clean, text faint, cool theme",
+        "product small, some clutter, text crisp, warm theme",
+    )
+    two_off = answer(
+        "product large, background busy, text faint, cool theme",
+        "product small, some clutter, text faint, warm theme",
+    )
+    muddled = answer(
+        "product large, product small, background clean, text faint, cool theme",
+        "product small, some clutter, text crisp, warm theme",
+        "B",
+    )
+    chat = [{"role": "assistant", "content": [{"type": "text", "text": gold}]}]
+    got = facts_reward(
+        [gold, two_off, muddled, gold[:-3], gold],
+        gold=[chat] * 4 + ["<think>no facts</think><answer>A</answer>"],
+    )
+    assert got == pytest.approx([1.0, 6 / 8, 7 / 8, 0.0, 0.0])
 
 
 def test_describe_examples_one_per_creative_of_trained_products(small_world: Path) -> None:

@@ -78,9 +78,11 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     served = json.loads((out / "creative.json").read_text())["served"]
     better = "sft_grpo" if cr.metrics["sft_grpo_accuracy"] >= cr.metrics["sft_accuracy"] else "sft"
     assert cr.metrics["selector_served"] == 1 and served == better
-    assert f"{'SFT+GRPO' if better == 'sft_grpo' else 'SFT'} is served (" in cr.note
+    said = f"{'SFT+GRPO' if better == 'sft_grpo' else 'SFT'} is served ("
+    report = (out / "report.md").read_text()
+    assert said in cr.note and f"Serving: {said}" in report
     # the accuracy table and the "what the reasoning sees" table, a row each for SFT and SFT+GRPO
-    assert (out / "report.md").read_text().count("| sft") == 4
+    assert report.count("| sft") == 4
     # CoT-SFT also learnt to describe single creatives: every creative of a trained product, none held out
     assert 0 < cr.metrics["creatives_described"] < stages["synth"].metrics["rows_creatives"]
     # what its reasoning says is read back: the colour theme (4 kinds) it describes right (0.96 on this world,

@@ -8,6 +8,8 @@ completion) and wants one float per completion:
 - `accuracy_reward`: 1 when the verdict equals the pair's `label` (0 for a malformed answer);
 - `factor_reward`: 1 when the reasoning names the pair's `deciding_factor` (its words, e.g. "background
   clutter"), so a right verdict for the wrong reason earns less;
+- `facts_reward`: the share of the gold rationale's facts (each creative's level on each factor of the
+  protocol, `gold` column) that the reasoning states alike: a graded signal on what the selector saw;
 - `consistency_reward`: position consistency. Every pair is asked in both orders (`pair_key` joins them,
   `swapped` tells them apart); a verdict earns the share of the other order's completions in the same batch
   that mirror it (A here, B there): the choice must follow the creative, not the slot.
@@ -107,6 +109,23 @@ def described_levels(think: str) -> dict[tuple[str, str], str]:
     return out
 
 
+def facts_right(answer: Any, gold: Any) -> list[tuple[str, bool]]:
+    """(factor, stated alike) for each fact the gold answer states about either creative; a malformed
+    answer states nothing, so all its facts count as wrong."""
+    said_v, gold_v = parse(answer), parse(gold)
+    said = described_levels(said_v.think) if said_v else {}
+    truth = described_levels(gold_v.think) if gold_v else {}
+    return [(factor, said.get((slot, factor)) == level) for (slot, factor), level in truth.items()]
+
+
+def facts_reward(completions: Sequence[Any], gold: Sequence[Any], **_: Any) -> list[float]:
+    out = []
+    for c, g in zip(completions, gold, strict=True):
+        right = facts_right(c, g)
+        out.append(sum(ok for _, ok in right) / len(right) if right else 0.0)
+    return out
+
+
 def mirror(answer: str) -> str:
     return {"A": "B", "B": "A"}[answer]
 
@@ -132,7 +151,7 @@ def consistency_reward(
     return out
 
 
-REWARDS = (format_reward, accuracy_reward, factor_reward, consistency_reward)
+REWARDS = (format_reward, accuracy_reward, factor_reward, facts_reward, consistency_reward)
 
 
 def check_tags_are_text(tokenizer: Any) -> None:

@@ -162,7 +162,7 @@ def warm_up_vision(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        curve.append(float(loss))
+        curve.append(loss.detach().item())
     return curve
 
 
@@ -203,6 +203,7 @@ def to_records(examples: pd.DataFrame, image_size: int, with_completion: bool = 
             "deciding_factor": r.deciding_factor,
             "pair_key": int(r.pair_key),
             "swapped": bool(r.swapped),
+            "gold": r.completion,  # the gold answer: TRL withholds `completion` from reward functions
         }
         if with_completion:
             rec["completion"] = [{"role": "assistant", "content": [{"type": "text", "text": r.completion}]}]

@@ -342,19 +342,16 @@ def fact_scores(judged: pd.DataFrame) -> dict[str, float]:
     (`facts_<factor>`, over both creatives of every held-out answer), and `facts_all`: every fact right.
 
     The verdict can only be as good as what the selector sees: this says which factor it misreads."""
-    from adflow.creative.rewards import described_levels, parse
+    from adflow.creative.rewards import facts_right
     from adflow.data.world import LEVELS
 
     right: dict[str, list[bool]] = {f: [] for f in [*LEVELS, "theme"]}
     whole = []
     for output, gold in zip(judged["output"], judged["completion"], strict=True):
-        said_v, gold_v = parse(output), parse(gold)
-        said = described_levels(said_v.think) if said_v else {}
-        truth = described_levels(gold_v.think) if gold_v else {}
-        ok = [said.get(key) == level for key, level in truth.items()]
-        for (_, f), hit in zip(truth, ok, strict=True):
+        facts = facts_right(output, gold)
+        for f, hit in facts:
             right[f].append(hit)
-        whole.append(bool(ok) and all(ok))
+        whole.append(bool(facts) and all(hit for _, hit in facts))
     out = {f"facts_{f}": float(np.mean(v)) if v else 0.0 for f, v in right.items()}
     out["facts_all"] = float(np.mean(whole)) if whole else 0.0
     return out
