@@ -43,11 +43,13 @@ CREATIVE_FAST = [
     "creative_train.threads=2",
     "creative_train.vision_warmup_steps=40",
     "creative_train.sft_epochs=8",  # ~270 examples: 8 epochs learn the verdict format
-    "creative_train.grpo_steps=6",
+    "creative_train.grpo_steps=10",  # logging_steps is 10: the rewards are logged once
     "creative_train.grpo_prompts_per_step=2",
     "creative_train.num_generations=4",
     "creative_train.tournament_limit=12",
     "creative_train.distill_pairs=40",
+    # every reward on, the optional graded facts reward too: GRPO must hand it the records' `gold` column
+    "creative_train.reward_weights={format: 0.5, accuracy: 1.0, factor: 0.25, facts: 0.5, consistency: 0.5}",
     # the serving floor is tested on its own (test_creative_rewards); here the small world's selector, whatever
     # it learnt from ~270 examples, is served so that /explain's Creative4U path runs end to end
     "creative_train.serve_min_accuracy=0",

@@ -197,7 +197,7 @@ def test_fact_scores_against_the_gold_rationale() -> None:
 
 def test_facts_reward_grades_what_the_reasoning_saw() -> None:
     """GRPO's graded reward: the share of the gold answer's eight facts stated alike, whatever the verdict;
-    malformed, or a gold answer that states no facts, earns 0; TRL hands the gold answer as chat messages."""
+    malformed, or a gold answer that states no facts, earns 0; a gold answer as chat messages is read too."""
 
     def answer(a: str, b: str, label: str = "A") -> str:
         return f"<think>The user is x. A: {a}. B: {b}. Deciding factor: colour theme, which favours {label}.</think><answer>{label}</answer>"

@@ -71,6 +71,9 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     for name in ("random", "sft", "sft_grpo"):
         assert 0 <= cr.metrics[f"{name}_accuracy"] <= 1 and 0 <= cr.metrics[f"{name}_swap_consistency"] <= 1
     assert cr.metrics["sft_format_validity"] > 0.9
+    # GRPO ran every reward, the graded facts reward on the records' gold answers among them (the theme alone,
+    # described right ~0.96 of the time, gives it a floor of ~0.24)
+    assert cr.metrics["grpo_rewards_facts_reward_mean"] > 0.1
     assert cr.metrics["tournament_n"] == 12 and cr.metrics["tournament_chance"] == pytest.approx(1 / 3)
     out = Path(cr.artifacts["creative"])
     assert (out / "selector" / "selector.json").is_file() and (out / "scorer.json").is_file()
