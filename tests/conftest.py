@@ -43,6 +43,7 @@ CREATIVE_FAST = [
     "creative_train.threads=2",
     "creative_train.vision_warmup_steps=40",
     "creative_train.sft_epochs=8",  # ~270 examples: 8 epochs learn the verdict format
+    "creative_train.sft_loss=model",  # the model's own loss bound over TRL's (make run keeps TRL's fused one)
     "creative_train.grpo_steps=10",  # logging_steps is 10: the rewards are logged once
     "creative_train.grpo_prompts_per_step=2",
     "creative_train.num_generations=4",

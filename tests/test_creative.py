@@ -173,3 +173,38 @@ def test_user_interests_from_pairs_else_segment(small_world: Path) -> None:
         seg = users.set_index("user_id").loc[without[0], "segment"].replace("_", " ")
         assert got[int(without[0])] == f"segment: {seg}"
     assert set(got) == set(users["user_id"].astype(int))
+
+
+def test_model_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], tmp_path: Path) -> None:
+    """`creative_train.sft_loss: model` (the tiny preset) swaps TRL's fused SFT loss for the model's own
+    cross-entropy: on the same batch both are the same number, the prompt masked out of both, so the swap
+    changes SFT's speed, not what it learns."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from components.training.creative.core import model_loss
+
+    model, proc, ex = tiny
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to=[],
+            max_length=None,
+            per_device_train_batch_size=6,
+            remove_unused_columns=False,
+            gradient_checkpointing=False,
+        ),
+        train_dataset=Dataset.from_list(S.to_records(ex.head(6), 32)),
+        processing_class=proc,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    # what the model's loss relies on: the collator's labels are -100 everywhere but the completion
+    rows = zip(batch["input_ids"], batch["labels"], strict=True)
+    learnt = [proc.tokenizer.decode(ids[lab != -100]) for ids, lab in rows]
+    assert sorted(t.split("<|im_end|>")[0] for t in learnt) == sorted(ex.head(6)["completion"])
+    with torch.no_grad():
+        fused = SFTTrainer.compute_loss(trainer, model, dict(batch))
+        own = model_loss(trainer, model, dict(batch))
+    assert float(own) == pytest.approx(float(fused), rel=1e-5)

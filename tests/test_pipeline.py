@@ -77,6 +77,14 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert cr.metrics["tournament_n"] == 12 and cr.metrics["tournament_chance"] == pytest.approx(1 / 3)
     out = Path(cr.artifacts["creative"])
     assert (out / "selector" / "selector.json").is_file() and (out / "scorer.json").is_file()
+    # SFT ran on the model's own loss (CREATIVE_FAST): TRL's fused path, which logs entropy and token accuracy
+    # every step, did not run; the loss still fell
+    sft_log = [
+        r for r in map(json.loads, (out / "history.jsonl").read_text().splitlines()) if r["phase"] == "sft"
+    ]
+    assert sft_log and not any("entropy" in r or "mean_token_accuracy" in r for r in sft_log)
+    losses = [r["loss"] for r in sft_log if "loss" in r]
+    assert losses[-1] < losses[0] / 2
     # served (the test's floor is 0): the more accurate variant, named in the note, creative.json and report
     served = json.loads((out / "creative.json").read_text())["served"]
     better = "sft_grpo" if cr.metrics["sft_grpo_accuracy"] >= cr.metrics["sft_accuracy"] else "sft"
