@@ -176,9 +176,9 @@ def test_user_interests_from_pairs_else_segment(small_world: Path) -> None:
 
 
 def test_model_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], tmp_path: Path) -> None:
-    """`creative_train.sft_loss: model` (the tiny preset) swaps TRL's fused SFT loss for the model's own
-    cross-entropy: on the same batch both are the same number, the prompt masked out of both, so the swap
-    changes SFT's speed, not what it learns."""
+    """`creative_train.sft_loss: model` (the e2e test's setting; the presets keep TRL's fused loss) swaps TRL's
+    fused SFT loss for the model's own cross-entropy: on the same batch both are the same number, the prompt
+    masked out of both. (Whole runs still end elsewhere: the float path differs, docs/field-notes.md.)"""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
