@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from adflow.progress import log
 
@@ -88,8 +89,10 @@ def _ray_start(args: list[str], num_cpus: int | None, ready: str, timeout_s: flo
         _stop(proc)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Terminate the head's whole process tree (GCS, raylet, workers), then kill what is left after 5 s."""
+def _stop(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
+    """Stop the head's whole process tree (GCS, raylet, workers). SIGTERM goes to `ray start --block` alone:
+    it stops its own tree in ~2 s here. SIGTERM to every process at once left the raylet waiting ~10 s for
+    the GCS it had lost (and the run waiting for it). What is left after `grace_s` is terminated, then killed."""
     import psutil
 
     try:
@@ -97,14 +100,34 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         procs = [*root.children(recursive=True), root]
     except psutil.NoSuchProcess:
         return
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root.terminate()
+    alive = _wait_gone(proc, procs, grace_s)
+    for sig in ("terminate", "kill"):
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                getattr(p, sig)()
+        alive = _wait_gone(proc, alive, 3.0)
+
+
+def _wait_gone(proc: subprocess.Popen[str], procs: list[Any], timeout_s: float) -> list[Any]:
+    """The processes still running after up to `timeout_s` (a zombie counts as gone: its parent, or init,
+    reaps it; ours, `ray start`, is reaped here)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc.poll()  # reap `ray start` once it exits
+        alive = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:

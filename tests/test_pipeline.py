@@ -288,3 +288,31 @@ def test_corruption_stops_the_pipeline(
     assert _digest(accepted) == before  # earlier accepted outputs are untouched
     on_disk = json.loads((accepted_workspace / "runs" / summary.run_id / "summary.json").read_text())
     assert on_disk["status"] == "failed"
+
+
+def test_local_ray_head_stops_its_whole_tree() -> None:
+    """The run's Ray head (GCS, raylet, agents, workers) is gone when its block ends, a driver's tasks
+    included, and no process outside its tree is touched."""
+    import ray
+
+    from adflow.ray_cluster import local_head
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    with local_head(1) as address:
+        ray.init(address=address, log_to_driver=False)
+        try:
+            assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+            tree = [p for p in me.children(recursive=True) if p.pid not in before]
+            assert len(tree) >= 3  # ray start, the GCS, the raylet at least
+        finally:
+            ray.shutdown()
+
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    left = [p.pid for p in tree if running(p)]
+    assert not left, left
