@@ -291,22 +291,24 @@ def test_corruption_stops_the_pipeline(
 
 
 def test_local_ray_head_stops_its_whole_tree() -> None:
-    """The run's Ray head (GCS, raylet, agents, workers) is gone when its block ends, a driver's tasks
-    included, and no process outside its tree is touched."""
-    import ray
+    """The run's Ray head (GCS, raylet, agents, the workers a driver's task started) is gone when its block
+    ends. The driver is a process of its own: this one may already hold an in-process Ray from other tests."""
+    import subprocess
+    import sys
 
     from adflow.ray_cluster import local_head
 
     me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
+    before = {p.pid for p in me.children()}
+    driver = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); print(ray.get(ray.remote(lambda: 41 + 1).remote()))"  # fmt: skip
     with local_head(1) as address:
-        ray.init(address=address, log_to_driver=False)
-        try:
-            assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
-            tree = [p for p in me.children(recursive=True) if p.pid not in before]
-            assert len(tree) >= 3  # ray start, the GCS, the raylet at least
-        finally:
-            ray.shutdown()
+        (start,) = [p for p in me.children() if p.pid not in before and "start" in p.cmdline()]
+        out = subprocess.run(
+            [sys.executable, "-c", driver, address], capture_output=True, text=True, timeout=180
+        )
+        assert out.returncode == 0 and out.stdout.strip().endswith("42"), out.stderr[-2000:]
+        tree = [start, *start.children(recursive=True)]
+        assert len(tree) >= 3  # ray start, the GCS, the raylet at least
 
     def running(p: psutil.Process) -> bool:
         try:
