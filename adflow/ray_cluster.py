@@ -89,10 +89,10 @@ def _ray_start(args: list[str], num_cpus: int | None, ready: str, timeout_s: flo
         _stop(proc)
 
 
-def _stop(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
+def _stop(proc: subprocess.Popen[str]) -> None:
     """Stop the head's whole process tree (GCS, raylet, workers). SIGTERM goes to `ray start --block` alone:
     it stops its own tree in ~2 s here. SIGTERM to every process at once left the raylet waiting ~10 s for
-    the GCS it had lost (and the run waiting for it). What is left after `grace_s` is terminated, then killed."""
+    the GCS it had lost (and the run waiting for it). What is left after 10 s is terminated, then killed."""
     import psutil
 
     try:
@@ -102,7 +102,7 @@ def _stop(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
         return
     with contextlib.suppress(psutil.NoSuchProcess):
         root.terminate()
-    alive = _wait_gone(proc, procs, grace_s)
+    alive = _wait_gone(proc, procs, 10.0)
     for sig in ("terminate", "kill"):
         for p in alive:
             with contextlib.suppress(psutil.NoSuchProcess):

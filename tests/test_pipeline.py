@@ -311,8 +311,8 @@ def test_local_ray_head_stops_its_whole_tree() -> None:
         assert len(tree) >= 3  # ray start, the GCS, the raylet at least
 
     def running(p: psutil.Process) -> bool:
-        try:
-            return p.status() != psutil.STATUS_ZOMBIE
+        try:  # is_running also checks the pid was not reused by a new process
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return False
 
