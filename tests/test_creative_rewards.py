@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from adflow.creative.rewards import (
@@ -271,3 +273,50 @@ def test_serving_gets_the_better_variant_that_clears_the_floor(tmp_path: Path) -
     assert selector_folder(tmp_path) is None
     (tmp_path / "creative.json").write_text(json.dumps({"served": "sft", "selector": "selector"}))
     assert selector_folder(tmp_path) == tmp_path / "selector"
+
+
+def test_accuracy_intervals_count_products_not_answers() -> None:
+    """Answers about one product are right or wrong together: the interval treats products as the draws, so
+    it widens when whole products move together and matches the textbook one when every answer is its own."""
+    from adflow.metrics import clustered_mean
+
+    x = np.array([1.0, 0.0] * 50)
+    alone = clustered_mean(x, np.arange(100))
+    assert alone["mean"] == 0.5
+    # every row its own cluster: sqrt(p(1-p)/n) * sqrt(C/(C-1))
+    assert alone["ci95"] == pytest.approx(1.96 * np.sqrt(0.25 / 100) * np.sqrt(100 / 99))
+    # half right again, but each product's four answers agree (24 products): twice as wide
+    together = clustered_mean(np.repeat([1.0, 0.0], 48), np.repeat(np.arange(24), 4))
+    assert together["ci95"] == pytest.approx(2 * 1.96 * np.sqrt(0.25 / 96) * np.sqrt(24 / 23))
+    # a product whose answers split evenly adds nothing to the spread
+    assert clustered_mean(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0, 0, 1, 1]))["ci95"] == 0.0
+    assert clustered_mean(np.ones(5), np.zeros(5))["ci95"] == float("inf")  # one product: no spread known
+
+
+def test_grpo_gain_is_paired_on_the_same_answers() -> None:
+    """GRPO against SFT on the same held-out answers: the gain, its interval, what turned right and wrong, and
+    the reading (beats / worse / no measurable difference); answers in another order are refused."""
+    from components.training.creative.core import grpo_gain_line, paired_gain
+
+    n = 200
+    base = pd.DataFrame(
+        {"pair_key": np.repeat(np.arange(n // 2), 2), "item_id": np.repeat(np.arange(n // 4), 4)}
+    )
+    rng = np.random.default_rng(0)
+    sft = base.assign(correct=rng.random(n) < 0.7)
+    # GRPO turns 30 of SFT's wrong answers right and breaks 2 right ones
+    flip = sft["correct"].to_numpy().copy()
+    wrong, right = np.flatnonzero(~flip), np.flatnonzero(flip)
+    flip[wrong[:30]], flip[right[:2]] = True, False
+    g = paired_gain(sft, base.assign(correct=flip))
+    assert g["gain"] == pytest.approx(28 / n) and (g["fixed"], g["broken"]) == (30, 2)
+    assert 0 < g["gain_ci95"] < g["gain"]
+    m = {"grpo_gain": g["gain"], "grpo_gain_ci95": g["gain_ci95"], "grpo_fixed": 30, "grpo_broken": 2}
+    assert grpo_gain_line(m).endswith("GRPO beats SFT") and "+0.140" in grpo_gain_line(m)
+    assert grpo_gain_line(m | {"grpo_gain": -0.14}).endswith("GRPO is worse than SFT")
+    assert grpo_gain_line(m | {"grpo_gain": 0.01}).endswith("no measurable difference")
+    # the same answers: no gain, no spread
+    same = paired_gain(sft, sft)
+    assert same["gain"] == 0 and same["gain_ci95"] == 0 and same["fixed"] == same["broken"] == 0
+    with pytest.raises(ValueError, match="same held-out examples"):
+        paired_gain(sft, sft.iloc[::-1].reset_index(drop=True))

@@ -75,6 +75,7 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     # described right ~0.96 of the time, gives it a floor of ~0.24)
     assert cr.metrics["grpo_rewards_facts_reward_mean"] > 0.1
     assert cr.metrics["tournament_n"] == 12 and cr.metrics["tournament_chance"] == pytest.approx(1 / 3)
+    assert 0 <= cr.metrics["tournament_best_hit_ci95"] < 1  # over the products of those 12 (user, item)s
     out = Path(cr.artifacts["creative"])
     assert (out / "selector" / "selector.json").is_file() and (out / "scorer.json").is_file()
     # SFT ran on the model's own loss (CREATIVE_FAST): TRL's fused path, which logs entropy and token accuracy
@@ -89,6 +90,13 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     served = json.loads((out / "creative.json").read_text())["served"]
     better = "sft_grpo" if cr.metrics["sft_grpo_accuracy"] >= cr.metrics["sft_accuracy"] else "sft"
     assert cr.metrics["selector_served"] == 1 and served == better
+    # GRPO against SFT, paired on the same answers: the gain is the two accuracies' difference, and the
+    # answers it turned right less those it turned wrong; the report reads it against its interval
+    gain = cr.metrics["sft_grpo_accuracy"] - cr.metrics["sft_accuracy"]
+    assert cr.metrics["grpo_gain"] == pytest.approx(gain, abs=1e-9) and cr.metrics["grpo_gain_ci95"] >= 0
+    n_held = 2 * round(cr.metrics["pairs_held_out"])  # every held-out pair asked in both orders
+    assert cr.metrics["grpo_fixed"] - cr.metrics["grpo_broken"] == round(gain * n_held)
+    assert "SFT+GRPO less SFT on the same held-out answers" in (out / "report.md").read_text()
     said = f"{'SFT+GRPO' if better == 'sft_grpo' else 'SFT'} is served ("
     report = (out / "report.md").read_text()
     assert said in cr.note and f"Serving: {said}" in report

@@ -27,6 +27,7 @@ import pandas as pd
 
 from adflow import train as T
 from adflow.config import Settings
+from adflow.metrics import clustered_mean
 from adflow.progress import follow, log
 from adflow.workspace import publish, shared, shared_input
 
@@ -333,9 +334,28 @@ def scores(judged: pd.DataFrame) -> dict[str, float]:
         else 0.0,
     }
     out |= fact_scores(judged)
-    n = len(judged)
-    out["accuracy_ci95"] = float(1.96 * np.sqrt(out["accuracy"] * (1 - out["accuracy"]) / max(n, 1)))
+    # products, not answers, are the independent draws: both orders of a pair and every pair of one product
+    # are right or wrong together (the textbook p(1-p)/n interval was too narrow)
+    out["accuracy_ci95"] = clustered_mean(judged["correct"].to_numpy(float), judged["item_id"].to_numpy())[
+        "ci95"
+    ]
     return out
+
+
+def paired_gain(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, float]:
+    """Accuracy of `after` less `before` on the same held-out answers, with a 95% half-width clustered by
+    product: far tighter than two separate intervals, since both are scored on the same pairs."""
+    if not (before["pair_key"].to_numpy() == after["pair_key"].to_numpy()).all():
+        raise ValueError("paired_gain needs both judged on the same held-out examples in the same order")
+    d = after["correct"].to_numpy(float) - before["correct"].to_numpy(float)
+    r = clustered_mean(d, before["item_id"].to_numpy())
+    # how many answers turned right / wrong: a gain of 0 can hide both
+    return {
+        "gain": r["mean"],
+        "gain_ci95": r["ci95"],
+        "fixed": float((d > 0).sum()),
+        "broken": float((d < 0).sum()),
+    }
 
 
 VARIANT_NAMES = {"sft": "SFT", "sft_grpo": "SFT+GRPO"}
@@ -616,6 +636,12 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
     metrics |= {
         "tournament_n": float(len(tour)),
         "tournament_best_hit": float((tour["chosen"] == tour["best"]).mean()) if len(tour) else 0.0,
+        # (user, item)s of one product share its creatives: the product is the independent draw
+        "tournament_best_hit_ci95": clustered_mean(
+            (tour["chosen"] == tour["best"]).to_numpy(float), tour["item_id"].to_numpy()
+        )["ci95"]
+        if len(tour)
+        else float("inf"),
         "tournament_chance": float((1.0 / tour["n"]).mean()) if len(tour) else 0.0,
         # on products whose pairs never reached training
         "tournament_best_hit_unseen": float(
@@ -641,7 +667,16 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
         **distil_metrics,
     }
     metrics |= {k: float(v) for k, v in info.items() if isinstance(v, int | float)}
-    metrics["grpo_gain"] = metrics.get("sft_grpo_accuracy", metrics["sft_accuracy"]) - metrics["sft_accuracy"]
+    if "sft_grpo" in judged:
+        gain = paired_gain(judged["sft"], judged["sft_grpo"])
+        metrics |= {
+            "grpo_gain": gain["gain"],
+            "grpo_gain_ci95": gain["gain_ci95"],
+            "grpo_fixed": gain["fixed"],
+            "grpo_broken": gain["broken"],
+        }
+    else:
+        metrics["grpo_gain"] = 0.0
     tour.to_parquet(out / "tournament.parquet", index=False)
     evaluation = {
         "table": table,
@@ -663,12 +698,33 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
     log(
         STAGE,
         f"held-out accuracy: random {metrics['random_accuracy']:.3f}, SFT {metrics['sft_accuracy']:.3f}"
-        + (f", SFT+GRPO {metrics['sft_grpo_accuracy']:.3f}" if "sft_grpo_accuracy" in metrics else "")
-        + f"; tournament picks the best {metrics['tournament_best_hit']:.2f} (chance {metrics['tournament_chance']:.2f})"
+        + (
+            f", SFT+GRPO {metrics['sft_grpo_accuracy']:.3f} (paired gain {metrics['grpo_gain']:+.3f}"
+            f" ± {metrics['grpo_gain_ci95']:.3f})"
+            if "sft_grpo_accuracy" in metrics
+            else ""
+        )
+        + f"; tournament picks the best {metrics['tournament_best_hit']:.2f}"
+        + f" ± {metrics['tournament_best_hit_ci95']:.2f} (chance {metrics['tournament_chance']:.2f})"
         + f" ({seconds:.0f}s)",
     )
     selector_dir = str(out / "selector") if served else None
     return CreativeResult(str(out), selector_dir, metrics, history, serving_note, seconds)
+
+
+def grpo_gain_line(m: dict[str, float]) -> str:
+    """What GRPO did to SFT's held-out answers, paired: the gain, its interval, and whether it is one."""
+    g, ci = m["grpo_gain"], m["grpo_gain_ci95"]
+    if g - ci > 0:
+        reading = "GRPO beats SFT"
+    elif g + ci < 0:
+        reading = "GRPO is worse than SFT"
+    else:
+        reading = "no measurable difference"
+    return (
+        f"SFT+GRPO less SFT on the same held-out answers: {g:+.3f} ± {ci:.3f} (95%, clustered by product; "
+        f"{int(m['grpo_fixed'])} answers turned right, {int(m['grpo_broken'])} turned wrong): {reading}"
+    )
 
 
 def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, Any]]) -> None:
@@ -731,6 +787,8 @@ def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, 
             f"{r['accuracy_unseen_products']:.3f} | {r['swap_consistency']:.3f} | {r['format_validity']:.3f} | "
             f"{r['factor_named']:.3f} | {r.get('sampled_accuracy', r['accuracy']):.3f} |"
         )
+    if "grpo_gain_ci95" in met:
+        lines += ["", grpo_gain_line(met) + "."]
     described = [name for name in table if name != "random"]
     if described and "facts_all" in table[described[0]]:
         lines += [
@@ -754,7 +812,8 @@ def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, 
         "",
         f"{measured}'s tournament over each held-out (user, item)'s {met['creatives_per_item']:.1f} creatives "
         f"({int(met['tournament_n'])} of them): the ground truth's best creative picked "
-        f"{met['tournament_best_hit']:.3f} of the time (chance {met['tournament_chance']:.3f}; on unseen "
+        f"{met['tournament_best_hit']:.3f} ± {met['tournament_best_hit_ci95']:.3f} of the time (95%, clustered "
+        f"by product; chance {met['tournament_chance']:.3f}; on unseen "
         f"products {met['tournament_best_hit_unseen']:.3f}), "
         f"{met['tournament_ms']:.0f} ms per choice.",
         f"Fast scorer (Bradley-Terry on design factors, distilled from {int(met['scorer_distill_pairs'])} "
@@ -810,7 +869,10 @@ def run(
                 m = result.metrics
                 verdict = f"held-out accuracy random {m['random_accuracy']:.3f}, SFT {m['sft_accuracy']:.3f}"
                 if "sft_grpo_accuracy" in m:
-                    verdict += f", SFT+GRPO {m['sft_grpo_accuracy']:.3f}"
+                    verdict += (
+                        f", SFT+GRPO {m['sft_grpo_accuracy']:.3f} (paired gain {m['grpo_gain']:+.3f}"
+                        f" ± {m['grpo_gain_ci95']:.3f})"
+                    )
                 verdict += (
                     f"; swap consistency {m.get('sft_grpo_swap_consistency', m['sft_swap_consistency']):.3f}"
                     f"; {result.note}"
