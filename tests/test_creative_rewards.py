@@ -320,3 +320,5 @@ def test_grpo_gain_is_paired_on_the_same_answers() -> None:
     assert same["gain"] == 0 and same["gain_ci95"] == 0 and same["fixed"] == same["broken"] == 0
     with pytest.raises(ValueError, match="same held-out examples"):
         paired_gain(sft, sft.iloc[::-1].reset_index(drop=True))
+    with pytest.raises(ValueError, match="same held-out examples"):
+        paired_gain(sft, sft.iloc[:-2])

@@ -345,7 +345,10 @@ def scores(judged: pd.DataFrame) -> dict[str, float]:
 def paired_gain(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, float]:
     """Accuracy of `after` less `before` on the same held-out answers, with a 95% half-width clustered by
     product: far tighter than two separate intervals, since both are scored on the same pairs."""
-    if not (before["pair_key"].to_numpy() == after["pair_key"].to_numpy()).all():
+    keys = [k for k in ("pair_key", "swapped") if k in before and k in after]
+    if len(before) != len(after) or not before[keys].reset_index(drop=True).equals(
+        after[keys].reset_index(drop=True)
+    ):
         raise ValueError("paired_gain needs both judged on the same held-out examples in the same order")
     d = after["correct"].to_numpy(float) - before["correct"].to_numpy(float)
     r = clustered_mean(d, before["item_id"].to_numpy())
@@ -641,7 +644,7 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
             (tour["chosen"] == tour["best"]).to_numpy(float), tour["item_id"].to_numpy()
         )["ci95"]
         if len(tour)
-        else float("inf"),
+        else 0.0,
         "tournament_chance": float((1.0 / tour["n"]).mean()) if len(tour) else 0.0,
         # on products whose pairs never reached training
         "tournament_best_hit_unseen": float(
