@@ -67,23 +67,27 @@ def paired_auc_diff(
     return {"diff": float(diff), "lo": float(lo), "hi": float(hi)}
 
 
-def clustered_mean(x: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
-    """The mean of `x` with a 95% half-width that treats `clusters`, not rows, as the independent draws.
-
-    Rows of one cluster (the two orders of one creative pair, every pair of one product) succeed or fail
-    together, so the textbook p(1-p)/n interval is too narrow. This is the cluster-robust (sandwich) variance
-    of a mean, with the small-sample factor C/(C-1); for a paired difference pass x = b - a row by row.
-    Fewer than two clusters say nothing about spread: the half-width is then infinite.
-    """
+def cluster_var(x: np.ndarray, clusters: np.ndarray) -> float:
+    """Variance of the mean of `x` treating `clusters`, not rows, as the independent draws: the cluster-robust
+    (sandwich) variance with the small-sample factor C/(C-1). Rows of one cluster (one user's impressions in an
+    A/B test; the two orders of a creative pair and every pair of one product) move together, so the
+    row-independent variance is too small. Infinite with fewer than two clusters: they say nothing of spread."""
     x = np.asarray(x, float)
-    mean = float(x.mean()) if len(x) else float("nan")
     codes, inverse = np.unique(np.asarray(clusters), return_inverse=True)
     c = len(codes)
-    if c < 2:
-        return {"mean": mean, "ci95": float("inf")}
-    sums = np.bincount(inverse, weights=x - mean, minlength=c)
-    var = c / (c - 1) * float(np.sum(sums**2)) / len(x) ** 2
-    return {"mean": mean, "ci95": float(1.96 * np.sqrt(var))}
+    if c < 2 or len(x) == 0:
+        return float("inf")
+    sums = np.bincount(inverse, weights=x - x.mean(), minlength=c)
+    return c / (c - 1) * float(np.sum(sums**2)) / len(x) ** 2
+
+
+def clustered_mean(x: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
+    """The mean of `x` and its 95% half-width by `cluster_var`; for a paired difference pass x = b - a."""
+    x = np.asarray(x, float)
+    return {
+        "mean": float(x.mean()) if len(x) else float("nan"),
+        "ci95": float(1.96 * np.sqrt(cluster_var(x, clusters))),
+    }
 
 
 def ctr_report(

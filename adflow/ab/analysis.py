@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from adflow.metrics import cluster_var
+
 Z95 = 1.959963984540054
 
 
@@ -49,13 +51,8 @@ def ratio_var(clicks: np.ndarray, units: np.ndarray | None) -> float:
     iid = max(r * (1 - r), 1e-12) / n
     if units is None:
         return iid
-    df = pd.DataFrame({"u": units, "y": clicks})
-    g = df.groupby("u", sort=False)["y"].agg(["sum", "count"])
-    k = len(g)
-    if k < 2:
-        return iid
-    resid = g["sum"].to_numpy(float) - r * g["count"].to_numpy(float)
-    return max(float((resid**2).sum()) / n**2 * k / (k - 1), iid * 0.5)
+    v = cluster_var(clicks, units)
+    return max(v, iid * 0.5) if np.isfinite(v) else iid  # one user: nothing clusters, fall back to Bernoulli
 
 
 def lift_interval(
