@@ -175,14 +175,14 @@ def test_user_interests_from_pairs_else_segment(small_world: Path) -> None:
     assert set(got) == set(users["user_id"].astype(int))
 
 
-def test_model_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], tmp_path: Path) -> None:
-    """`creative_train.sft_loss: model` (the e2e test's setting; the presets keep TRL's fused loss) swaps TRL's
-    fused SFT loss for the model's own cross-entropy: on the same batch both are the same number, the prompt
-    masked out of both. (Whole runs still end elsewhere: the float path differs, docs/field-notes.md.)"""
+def test_completion_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], tmp_path: Path) -> None:
+    """`creative_train.sft_loss: completion` swaps TRL's fused SFT loss for a cross-entropy whose LM head runs on
+    the completion's positions only: on the same batch both are the same number with the same gradients, the
+    prompt masked out of both, and TRL's entropy and token-accuracy logs are kept."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from components.training.creative.core import model_loss
+    from components.training.creative.core import completion_loss
 
     model, proc, ex = tiny
     trainer = SFTTrainer(
@@ -195,6 +195,7 @@ def test_model_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], tmp_pa
             per_device_train_batch_size=6,
             remove_unused_columns=False,
             gradient_checkpointing=False,
+            bf16=False,  # as the stage runs it on CPU (TRL's default is a bf16 autocast)
         ),
         train_dataset=Dataset.from_list(S.to_records(ex.head(6), 32)),
         processing_class=proc,
@@ -204,7 +205,25 @@ def test_model_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], tmp_pa
     rows = zip(batch["input_ids"], batch["labels"], strict=True)
     learnt = [proc.tokenizer.decode(ids[lab != -100]) for ids, lab in rows]
     assert sorted(t.split("<|im_end|>")[0] for t in learnt) == sorted(ex.head(6)["completion"])
-    with torch.no_grad():
-        fused = SFTTrainer.compute_loss(trainer, model, dict(batch))
-        own = model_loss(trainer, model, dict(batch))
-    assert float(own) == pytest.approx(float(fused), rel=1e-5)
+    was_training = model.training
+    model.train()  # as in training: both log under "train"
+    grads = []
+    for loss_fn in (SFTTrainer.compute_loss, completion_loss):
+        model.zero_grad()
+        loss = loss_fn(trainer, model, dict(batch))
+        loss.backward()
+        grads.append(
+            (loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        )
+    (fused, g_fused), (own, g_own) = grads
+    assert own == pytest.approx(fused, rel=1e-5)
+    assert torch.allclose(g_own, g_fused, rtol=1e-4, atol=1e-7)
+    # both logged one entropy and one token accuracy for the batch, the same numbers
+    logged = trainer._metrics["train"]
+    assert len(logged["entropy"]) == 2 and logged["entropy"][1] == pytest.approx(
+        logged["entropy"][0], rel=1e-4
+    )
+    accuracy = logged["mean_token_accuracy"]
+    assert len(accuracy) == 2 and accuracy[1] == pytest.approx(accuracy[0]) and 0 <= accuracy[0] <= 1
+    model.zero_grad()
+    model.train(was_training)  # the fixture's model is shared
