@@ -225,5 +225,14 @@ def test_completion_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], t
     )
     accuracy = logged["mean_token_accuracy"]
     assert len(accuracy) == 2 and accuracy[1] == pytest.approx(accuracy[0]) and 0 <= accuracy[0] <= 1
+    # a bf16 trainer on CPU runs the forward under autocast (as accelerate wraps it), the head outside it
+    plain_forward = model.forward
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(plain_forward)
+    try:
+        with torch.no_grad():
+            under = completion_loss(trainer, model, dict(batch)).item()
+    finally:
+        model.forward = plain_forward
+    assert under == pytest.approx(fused, rel=0.05)
     model.zero_grad()
     model.train(was_training)  # the fixture's model is shared

@@ -164,7 +164,7 @@ def completion_loss(
 ) -> Any:
     """SFT's loss with the LM head applied to the completion's positions only (`creative_train.sft_loss:
     completion`), bound over SFTTrainer's `compute_loss`. TRL's fused path runs the head over every position,
-    prompt included, on CPU (~72% of the tiny selector's tokens; on GPUs it scores the labelled positions only),
+    prompt included, on CPU (~72% of the tiny selector's tokens; on Triton GPUs, the labelled positions only),
     and adds its own per-token bookkeeping; this one takes the final hidden states from the (possibly DDP- or
     DeepSpeed-wrapped) model's own forward, asking it for the logits of one position only, and projects just
     the positions that carry a label. The same loss and gradients per batch, scaled as TRL scales them
