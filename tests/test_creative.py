@@ -225,6 +225,7 @@ def test_completion_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], t
     )
     accuracy = logged["mean_token_accuracy"]
     assert len(accuracy) == 2 and accuracy[1] == pytest.approx(accuracy[0]) and 0 <= accuracy[0] <= 1
+    assert logged["completion_tokens"] == [float((batch["labels"][:, 1:] != -100).sum())]  # only its own
     # a bf16 trainer on CPU runs the forward under autocast (as accelerate wraps it), the head outside it
     plain_forward = model.forward
     model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(plain_forward)
