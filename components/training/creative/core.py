@@ -169,7 +169,8 @@ def completion_loss(
     DeepSpeed-wrapped) model's own forward, asking it for the logits of one position only, and projects just
     the positions that carry a label. The same loss and gradients per batch, scaled as TRL scales them
     (tests/test_creative.py; checked along a whole SFT run too), with TRL's entropy and top-1 token accuracy
-    logged over the completion, and `completion_tokens`, the labelled tokens a step. Measured in the tiny stage: SFT 95-98 s against fused's 114-125 s."""
+    logged over the completion, and `completion_tokens`, the labelled tokens a step. Measured in the tiny
+    stage: SFT 95-98 s against fused's 114-125 s."""
     import torch
     import torch.nn.functional as F
 
