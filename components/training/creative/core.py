@@ -187,7 +187,7 @@ def completion_loss(
         hook.remove()
     target = labels[:, 1:]
     keep = target != -100
-    logits = inner.lm_head(caught["h"][:, :-1][keep]).float()
+    logits = inner.get_output_embeddings()(caught["h"][:, :-1][keep]).float()  # the head, as TRL finds it
     token_loss = F.cross_entropy(logits, target[keep], reduction="none")
     count = keep.sum() if num_items_in_batch is None else num_items_in_batch
     loss = token_loss.sum() / torch.as_tensor(count).clamp(min=1)
