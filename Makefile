@@ -70,6 +70,7 @@ compile: setup ## compile every pipeline to KFP IR YAML under build/pipelines
 bench: setup ## benchmarks as ratios vs a same-session baseline (bench/results/)
 	$(BIN)/python bench/ctr_bench.py
 	$(BIN)/python bench/serving_bench.py
+	$(BIN)/python bench/creative_bench.py
 
 loadtest: setup ## bounded load test of the router on loopback (after make run): c=16 and 32, 60 s each
 	$(BIN)/python bench/loadtest.py $(ARGS)
