@@ -38,7 +38,7 @@ WARM, STEPS, ROUNDS = 10, 60, 2  # steps not timed (allocator, first batches), t
 
 
 def _trainer(prepared: Path, records: Any, settings: Any, max_steps: int, loss: str) -> Any:
-    from transformers import AutoModelForImageTextToText, TrainerCallback
+    from transformers import AutoModelForImageTextToText, PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from adflow.creative.selector import SelectorProcessor
@@ -75,6 +75,7 @@ def _trainer(prepared: Path, records: Any, settings: Any, max_steps: int, loss: 
         processing_class=SelectorProcessor.load(prepared / "processor"),
         callbacks=[clock],
     )
+    trainer.remove_callback(PrinterCallback)  # the bench prints its own table, not a dict every 10 steps
     if loss == "completion":
         trainer.compute_loss = types.MethodType(completion_loss, trainer)  # as the stage binds it
     return trainer, clock
