@@ -258,6 +258,11 @@ class CreativeTrainConfig(Strict):
     # (mean 0.758) against fused's 0.758 / 0.772 / 0.680 / 0.680 / 0.752 / 0.759 (0.734); on seeds 0-2, which
     # the 6-epoch recipe was chosen on with fused, 0.783 / 0.753 / 0.685 against 0.831 / 0.796 / 0.740
     sft_loss: Literal["fused", "completion"] = "fused"
+    # collate each SFT example once and pad the cached pieces in later epochs (CollationCache in
+    # components/training/creative/core.py): the same batches, without re-running the chat template, the
+    # tokenizer and the image processor every epoch. It keeps every example's image patches in memory, so it
+    # is for small data sets (the tiny preset's); off by default and in the full preset
+    sft_collate_cache: bool = False
     grpo_steps: int = Field(50, ge=0)  # 0: SFT only
     # measured on the tiny world: 1e-4 and above drift (greedy accuracy -0.02 to -0.03), 2e-5 holds it
     grpo_lr: float = Field(3e-5, gt=0)

@@ -175,31 +175,39 @@ def test_user_interests_from_pairs_else_segment(small_world: Path) -> None:
     assert set(got) == set(users["user_id"].astype(int))
 
 
+def _sft_trainer(model: Any, proc: Any, records: Any, out: Path, batch: int, seed: int = 42) -> Any:
+    """An SFTTrainer set up as the stage sets it up on CPU."""
+    from trl import SFTConfig, SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=SFTConfig(
+            output_dir=str(out),
+            use_cpu=True,
+            report_to=[],
+            max_length=None,
+            per_device_train_batch_size=batch,
+            remove_unused_columns=False,
+            gradient_checkpointing=False,
+            bf16=False,  # as the stage runs it on CPU (TRL's default is a bf16 autocast)
+            seed=seed,
+        ),
+        train_dataset=records,
+        processing_class=proc,
+    )
+
+
 def test_completion_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], tmp_path: Path) -> None:
     """`creative_train.sft_loss: completion` swaps TRL's fused SFT loss for a cross-entropy whose LM head runs on
     the completion's positions only: on the same batch both are the same number with the same gradients, the
     prompt masked out of both, and TRL's entropy and token-accuracy logs are kept."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from components.training.creative.core import completion_loss
 
     model, proc, ex = tiny
-    trainer = SFTTrainer(
-        model=model,
-        args=SFTConfig(
-            output_dir=str(tmp_path),
-            use_cpu=True,
-            report_to=[],
-            max_length=None,
-            per_device_train_batch_size=6,
-            remove_unused_columns=False,
-            gradient_checkpointing=False,
-            bf16=False,  # as the stage runs it on CPU (TRL's default is a bf16 autocast)
-        ),
-        train_dataset=Dataset.from_list(S.to_records(ex.head(6), 32)),
-        processing_class=proc,
-    )
+    trainer = _sft_trainer(model, proc, Dataset.from_list(S.to_records(ex.head(6), 32)), tmp_path, 6)
     batch = next(iter(trainer.get_train_dataloader()))
     # what the model's loss relies on: the collator's labels are -100 everywhere but the completion
     rows = zip(batch["input_ids"], batch["labels"], strict=True)
@@ -237,3 +245,45 @@ def test_completion_loss_is_trls_sft_loss(tiny: tuple[Any, Any, pd.DataFrame], t
     assert under == pytest.approx(fused, rel=0.05)
     model.zero_grad()
     model.train(was_training)  # the fixture's model is shared
+
+
+def test_collation_cache_gives_trls_batches_collating_each_example_once(
+    tiny: tuple[Any, Any, pd.DataFrame], small_world: Path, tmp_path: Path
+) -> None:
+    """`creative_train.sft_collate_cache`: the trainer iterates row numbers and gets, batch for batch, the
+    tensors TRL's own collator makes from the same records (pairs with two images and described creatives
+    with one, sequences of different lengths), while each example goes through TRL's collator once."""
+    from datasets import Dataset
+
+    from adflow.creative.data import describe_examples
+    from components.training.creative.core import CollationCache
+
+    model, proc, ex = tiny
+    mixed = pd.concat([ex.head(10), describe_examples(small_world, set()).head(6)], ignore_index=True)
+    records = Dataset.from_list(S.to_records(mixed.sample(frac=1, random_state=0), 32))
+
+    plain, cached = (_sft_trainer(model, proc, records, tmp_path, 5, seed=3) for _ in range(2))
+    collated: list[int] = []
+
+    def counting(examples: list[dict[str, Any]]) -> Any:
+        collated.append(len(examples))
+        return plain.data_collator(examples)
+
+    cache = CollationCache(counting, records, proc.tokenizer.pad_token_id)
+    cached.data_collator, cached.train_dataset = cache, cache.rows()
+    padded = 0
+    for _ in range(2):  # two epochs: the second is served from the cache alone
+        pairs = zip(plain.get_train_dataloader(), cached.get_train_dataloader(), strict=True)
+        for want, got in pairs:
+            assert set(got) == set(want)
+            for key, value in want.items():
+                assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+            padded += int((want["attention_mask"] == 0).sum())
+    assert sum(collated) == len(records) and len(collated) == 4  # once per example, a batch at a time
+    assert padded > 0  # sequences of different lengths shared batches
+    assert sorted({len(p["image_grid_thw"]) for p in cache.pieces.values()}) == [1, 2]
+
+    # a collator output the cache does not know how to batch stops it, naming the key
+    odd = CollationCache(lambda e: {**plain.data_collator(e), "position_ids": torch.zeros(1)}, records, 0)
+    with pytest.raises(ValueError, match="position_ids"):
+        odd([{"row": 0}])
