@@ -87,8 +87,7 @@ def _trainer(prepared: Path, records: Any, settings: Any, max_steps: int, loss: 
 def trl_step_s(prepared: Path, records: Any, settings: Any, loss: str, cache: bool = False) -> float:
     trainer, clock = _trainer(prepared, records, settings, WARM + STEPS, loss)
     if cache:  # as the stage installs it, then filled: the steps of SFT's later epochs
-        c = CollationCache(trainer.data_collator, records, trainer.processing_class.tokenizer.pad_token_id)
-        trainer.data_collator, trainer.train_dataset = c, c.rows()
+        c = CollationCache.install(trainer)
         bs = settings.creative_train.sft_batch_size
         for start in range(0, len(records), bs):
             c([{"row": r} for r in range(start, min(start + bs, len(records)))])

@@ -263,14 +263,14 @@ def test_collation_cache_gives_trls_batches_collating_each_example_once(
     records = Dataset.from_list(S.to_records(mixed.sample(frac=1, random_state=0), 32))
 
     plain, cached = (_sft_trainer(model, proc, records, tmp_path, 5, seed=3) for _ in range(2))
-    collated: list[int] = []
+    cache = CollationCache.install(cached)  # as the stage installs it
+    trl_collate, collated = cache.collate, list[int]()
 
     def counting(examples: list[dict[str, Any]]) -> Any:
         collated.append(len(examples))
-        return plain.data_collator(examples)
+        return trl_collate(examples)
 
-    cache = CollationCache(counting, records, proc.tokenizer.pad_token_id)
-    cached.data_collator, cached.train_dataset = cache, cache.rows()
+    cache.collate = counting
     padded = 0
     for _ in range(2):  # two epochs: the second is served from the cache alone
         pairs = zip(plain.get_train_dataloader(), cached.get_train_dataloader(), strict=True)

@@ -157,6 +157,17 @@ class CollationCache:
         self.collate, self.records, self.pad_token_id = collate, records, pad_token_id
         self.pieces: dict[int, dict[str, Any]] = {}
 
+    @classmethod
+    def install(cls, trainer: Any) -> CollationCache:
+        """Put the cache under a built SFTTrainer: TRL has set itself up on the records (vision data, its own
+        collator); from here it iterates row numbers of the same length, so its sampler draws the same
+        batches, each example collated once by TRL's collator and padded from the cache after that."""
+        cache = cls(
+            trainer.data_collator, trainer.train_dataset, trainer.processing_class.tokenizer.pad_token_id
+        )
+        trainer.data_collator, trainer.train_dataset = cache, cache.rows()
+        return cache
+
     def rows(self) -> Any:
         """The data set the trainer iterates: one row number per record, in the records' order."""
         from datasets import Dataset
@@ -340,10 +351,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if t.sft_loss == "completion":
         sft.compute_loss = types.MethodType(completion_loss, sft)  # type: ignore[method-assign]
     if t.sft_collate_cache:
-        # TRL set itself up on the records (vision data, its collator); from here it iterates row numbers of
-        # the same length, so its sampler draws the same batches, each collated once and padded after that
-        cache = CollationCache(sft.data_collator, sft.train_dataset, processor.tokenizer.pad_token_id)
-        sft.data_collator, sft.train_dataset = cache, cache.rows()
+        CollationCache.install(sft)
     sft.train()
     if rank == 0:
         sft.save_model(str(out / "sft"))
