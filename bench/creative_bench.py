@@ -41,10 +41,10 @@ WARM, STEPS, ROUNDS = 10, 60, 2  # steps not timed (allocator, first batches), t
 
 
 def _trainer(prepared: Path, records: Any, settings: Any, max_steps: int, loss: str) -> Any:
-    from transformers import AutoModelForImageTextToText, PrinterCallback, TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from adflow.creative.selector import SelectorProcessor
+    from adflow.creative.selector import SelectorProcessor, load_model
 
     t = settings.creative_train
 
@@ -57,7 +57,7 @@ def _trainer(prepared: Path, records: Any, settings: Any, max_steps: int, loss: 
 
     clock = Clock()
     trainer = SFTTrainer(
-        model=AutoModelForImageTextToText.from_pretrained(prepared / "init"),
+        model=load_model(prepared / "init"),
         args=SFTConfig(
             output_dir=str(prepared / "bench_trainer"),
             max_steps=max_steps,

@@ -15,12 +15,15 @@ from adflow.config import load_settings
 from adflow.data.views import batches, behaviour_pairs, duplicate_mask, hard_negatives, load_catalog, views
 from adflow.models.moon import (
     MODALITIES,
+    PACKED_ATTENTION,
     MoonEncoder,
     MoonProcessor,
     aspect_ids,
     box_iou,
     fit_detector,
     modality_ids,
+    pack_vision_attention,
+    packed_sdpa,
     predict_boxes,
 )
 from adflow.workspace import MARKER
@@ -69,6 +72,49 @@ def test_guided_moe_routes_by_modality(small_world: Path) -> None:
     assert probs is not None
     assert float(probs[:, list(s.moon_model.moe_experts).index("attributes")].mean()) > 0.2
     assert set(MODALITIES) <= set(s.moon_model.moe_experts)
+
+
+def test_packed_vision_attention_is_transformers_per_image_sdpa(small_world: Path) -> None:
+    """The vision tower's images attend in one batched call: the same embeddings and gradients, bit for bit, as
+    transformers' one SDPA call per image; images of different sizes still attend only within themselves."""
+    s = small_settings(small_world.parent)
+    cat = load_catalog(small_world, KEYS)
+    assert cat.images is not None
+    proc = MoonProcessor.build(s.moon_model, cat.titles)
+    torch.manual_seed(0)
+    model = MoonEncoder(s.moon_model, proc)
+    visual = model.backbone.visual
+    assert visual.config._attn_implementation == PACKED_ATTENTION  # every build is switched
+    batch = proc(cat.titles[:8], cat.images[:8])
+
+    def run(impl: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        visual.config._attn_implementation = impl
+        model.zero_grad()
+        emb, _, _ = model(batch, modality_ids(["image_text"] * 8), aspect_ids([None] * 8))
+        (emb * torch.arange(emb.shape[1])).sum().backward()
+        return emb.detach(), [p.grad.clone() for p in visual.parameters() if p.grad is not None]
+
+    (e_ref, g_ref), (e_packed, g_packed) = run("sdpa"), run(PACKED_ATTENTION)
+    assert torch.equal(e_ref, e_packed)
+    assert len(g_ref) == len(g_packed) > 0 and all(
+        torch.equal(a, b) for a, b in zip(g_ref, g_packed, strict=True)
+    )
+    # unequal images (Qwen2.5-VL's windows): attention stays inside each one
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 30, 8) for _ in range(3))
+    cu = torch.tensor([0, 4, 20, 30], dtype=torch.int32)
+    out, _ = packed_sdpa(visual.blocks[0].attn, q, k, v, scaling=0.5, cu_seq_lens_q=cu)
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=0.5
+        ).transpose(1, 2)
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)
+    ]
+    assert out.shape == (1, 30, 2, 8) and torch.allclose(out, torch.cat(parts, dim=1), atol=1e-6)
+    # an implementation asked for on purpose stays
+    visual.config._attn_implementation = "eager"
+    pack_vision_attention(model.backbone)
+    assert visual.config._attn_implementation == "eager"
 
 
 def test_detector_boxes_overlap_true_boxes(small_world: Path) -> None:

@@ -24,7 +24,13 @@ from transformers import Qwen2VLProcessor
 
 from adflow.config import CreativeModelConfig
 from adflow.creative.rewards import check_tags_are_text, parse
-from adflow.models.moon import VISION, backbone_config, image_processor, train_tokenizer
+from adflow.models.moon import (
+    VISION,
+    backbone_config,
+    image_processor,
+    pack_vision_attention,
+    train_tokenizer,
+)
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 # Phrase tokens of at most this many characters: a rationale is ~45 tokens (not ~110 word pieces, nor a
@@ -112,7 +118,14 @@ def build_selector(cfg: CreativeModelConfig, processor: SelectorProcessor) -> An
     model.generation_config.eos_token_id = processor.eos
     model.generation_config.pad_token_id = processor.pad
     model.generation_config.bos_token_id = None
-    return model
+    return pack_vision_attention(model)
+
+
+def load_model(path: str | Path) -> Any:
+    """A saved selector (transformers' directory), its vision tower on packed attention (not saved with it)."""
+    from transformers import AutoModelForImageTextToText
+
+    return pack_vision_attention(AutoModelForImageTextToText.from_pretrained(path))
 
 
 # ---------------------------------------------------------------- perception warm-up (tiny only)
@@ -282,10 +295,8 @@ def save_selector(model: Any, processor: SelectorProcessor, path: str | Path, me
 
 
 def load_selector(path: str | Path) -> tuple[Any, SelectorProcessor, dict[str, Any]]:
-    from transformers import AutoModelForImageTextToText
-
     src = Path(path)
-    model = AutoModelForImageTextToText.from_pretrained(src / "model")
+    model = load_model(src / "model")
     return model.eval(), SelectorProcessor.load(src), json.loads((src / "selector.json").read_text())
 
 

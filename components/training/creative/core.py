@@ -302,7 +302,6 @@ def train_loop(config: dict[str, Any]) -> None:
     """CoT-SFT then GRPO with TRL, in one Ray Train worker group (HF Trainer picks up Ray's process group)."""
     import ray.train
     import torch
-    from transformers import AutoModelForImageTextToText
     from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
     from adflow.config import CreativeModelConfig, CreativeTrainConfig
@@ -330,7 +329,7 @@ def train_loop(config: dict[str, Any]) -> None:
     train = examples[examples["split"] == "train"]
     processor = S.SelectorProcessor.load(out / "processor")
 
-    model = AutoModelForImageTextToText.from_pretrained(out / "init")
+    model = S.load_model(out / "init")
     sft = SFTTrainer(
         model=model,
         args=SFTConfig(
@@ -359,7 +358,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if t.grpo_steps == 0:
         return
     # from the saved SFT weights: with beta > 0 TRL rebuilds the reference model from this path (FIELD-NOTES)
-    policy = AutoModelForImageTextToText.from_pretrained(out / "sft")
+    policy = S.load_model(out / "sft")
     weights = dict(t.reward_weights)
     rewards = [r for r in REWARDS if r.__name__.removesuffix("_reward") in weights]
     grpo = GRPOTrainer(
@@ -686,7 +685,7 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
     """prepare -> fit (SFT, GRPO) -> evaluate -> tournament -> distil -> report."""
     import torch
 
-    from adflow.creative.selector import SelectorProcessor, load_selector, save_selector
+    from adflow.creative.selector import SelectorProcessor, load_model, load_selector, save_selector
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -710,8 +709,6 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
         [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.exists() else []
     )
 
-    from transformers import AutoModelForImageTextToText
-
     publish(work, out, ["history.jsonl"])
     processor = SelectorProcessor.load(prepared / "processor")
     examples = pd.read_parquet(prepared / "examples.parquet")
@@ -724,7 +721,7 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
         "cuda" if torch.cuda.is_available() else "cpu"
     )  # the driver's GPU, on a cluster step that has one
     for name, path in models.items():
-        loaded[name] = AutoModelForImageTextToText.from_pretrained(path).to(device).eval()
+        loaded[name] = load_model(path).to(device).eval()
         judged[name] = judge(loaded[name], processor, held, m.image_size, m.max_new_tokens, t.eval_batch_size)
     # one sample per example at temperature 1: what the policy GRPO trains does, beside its greedy answer
     torch.manual_seed(t.seed)
