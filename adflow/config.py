@@ -229,6 +229,10 @@ class CreativeModelConfig(VLBackboneConfig):
     image_size: int = Field(32, ge=16)
     vocab_size: int = Field(1024, ge=64)
     max_new_tokens: int = Field(64, ge=8)  # the answer's budget in tokens: reasoning + verdict
+    # The protocol sentence and the long question in every prompt (adflow/creative/data.py): what a pretrained
+    # model follows as its instructions. A selector trained from scratch learns nothing from words every prompt
+    # shares, and they were ~30% of its tokens; off, the prompt keeps its structure and a short question.
+    instructions: bool = True
 
 
 class CreativeTrainConfig(Strict):

@@ -23,7 +23,7 @@ from adflow.data.world import FACTOR_TEXT, LEVELS, SEGMENTS, appeal, describe_cr
 @pytest.fixture(scope="module")
 def tiny(small_world: Path) -> tuple[Any, Any, pd.DataFrame]:
     s = load_settings("tiny")
-    ex = pair_examples(small_world, ("train", "test", "test_unseen"))
+    ex = pair_examples(small_world, ("train", "test", "test_unseen"), s.creative_model.instructions)
     proc = S.SelectorProcessor.build(s.creative_model, S.corpus(ex[ex["split"] == "train"]))
     torch.manual_seed(0)
     return S.build_selector(s.creative_model, proc), proc, ex
@@ -45,6 +45,64 @@ def test_processor_expands_both_images_and_keeps_tags_text(tiny: tuple[Any, Any,
     # phrase tokens: the whole target answer is a few dozen tokens, and decodes back exactly
     ids = proc.tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
     assert len(ids) < 60 and proc.tokenizer.decode(ids) == row["completion"]
+    # the chat template's role words are tokens of their own (the tokenizer saw them as the template renders)
+    assert len(proc.tokenizer("assistant\n", add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_prompt_without_instructions_keeps_its_structure(small_world: Path) -> None:
+    """`creative_model.instructions` off (tiny): the same pairs, user, product and creatives; no protocol
+    sentence, a short question; single creatives likewise."""
+    from adflow.creative.data import SHORT_DESCRIBE, SHORT_QUESTION, describe_examples
+    from adflow.data.world import PROTOCOL
+
+    full, terse = (pair_examples(small_world, ("train",), flag) for flag in (True, False))
+    assert full.drop(columns="prompt").equals(terse.drop(columns="prompt"))
+    assert (
+        full["prompt"].str.startswith(PROTOCOL).all() and not terse["prompt"].str.contains("Protocol").any()
+    )
+    assert terse["prompt"].str.endswith("\n" + SHORT_QUESTION).all()
+    rest = full["prompt"].str.slice(len(PROTOCOL) + 1).str.rsplit("\n", n=1).str[0]
+    assert (rest == terse["prompt"].str.rsplit("\n", n=1).str[0]).all()  # user, product, creatives unchanged
+    assert (terse["prompt"].str.len() < 0.6 * full["prompt"].str.len()).all()
+    described = describe_examples(small_world, set(), instructions=False)
+    assert (described["prompt"] == f"Creative: <image>\n{SHORT_DESCRIBE}").all()
+    assert describe_examples(small_world, set())["prompt"].str.startswith(PROTOCOL).all()
+
+
+def test_chooser_asks_as_the_selector_was_trained(
+    tiny: tuple[Any, Any, pd.DataFrame], small_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving's tournament builds the prompt the way the saved selector was trained (its saved config)."""
+    from adflow.data.world import PROTOCOL
+
+    model, proc, _ = tiny
+    asked: list[str] = []
+
+    def fake_generate(m: Any, p: Any, prompts: Any, *a: Any, **k: Any) -> list[str]:
+        asked.extend(part["text"] for msg in prompts for part in msg[0]["content"] if part["type"] == "text")
+        return ["<think>x</think><answer>A</answer>"] * len(prompts)
+
+    monkeypatch.setattr(S, "generate", fake_generate)
+    cr = pd.read_parquet(small_world / "creatives.parquet")
+    item = int(cr["item_id"].value_counts().index[0])
+    cfg = load_settings("tiny").creative_model
+    for flag in (False, True):
+        asked.clear()
+        S.save_selector(
+            model,
+            proc,
+            tmp_path / str(flag),
+            {"config": cfg.model_copy(update={"instructions": flag}).model_dump()},
+        )
+        choose.Chooser(tmp_path / str(flag), small_world).choose(0, item)
+        assert asked and any(PROTOCOL in t for t in asked) == flag
+    # a selector saved before the setting existed was trained with the instructions
+    meta = cfg.model_dump()
+    del meta["instructions"]
+    S.save_selector(model, proc, tmp_path / "old", {"config": meta})
+    asked.clear()
+    choose.Chooser(tmp_path / "old", small_world).choose(0, item)
+    assert any(PROTOCOL in t for t in asked)
 
 
 def test_generation_and_save_load_roundtrip(tiny: tuple[Any, Any, pd.DataFrame], tmp_path: Path) -> None:

@@ -44,8 +44,10 @@ def tournament(
     max_new_tokens: int,
     batch_size: int = 64,
     seed: int = 0,
+    instructions: bool = True,
 ) -> Choice:
-    """The best of N creatives (id, image) for one user and item, by the selector's pairwise verdicts."""
+    """The best of N creatives (id, image) for one user and item, by the selector's pairwise verdicts, asked
+    as it was trained (`instructions`: `creative_model.instructions`)."""
     from adflow.creative.data import prompt
     from adflow.creative.rewards import parse
     from adflow.creative.selector import generate, user_message
@@ -53,7 +55,7 @@ def tournament(
     if len(creatives) == 1:
         return Choice(int(creatives[0][0]), {int(creatives[0][0]): 0.0}, "the item has one creative")
     games = list(itertools.permutations(range(len(creatives)), 2))  # both orders of every pair
-    msg = user_message(prompt(title, interests))
+    msg = user_message(prompt(title, interests, instructions))
     outs = generate(
         model,
         processor,
@@ -181,6 +183,8 @@ class Chooser:
         self.model.to(device)
         self.image_size = int(meta["config"]["image_size"])
         self.max_new_tokens = int(meta["config"]["max_new_tokens"])
+        # selectors saved before the setting existed were trained with the instructions
+        self.instructions = bool(meta["config"].get("instructions", True))
         self.root = Path(dataset)
         self.creatives = read_table(self.root, "creatives")
         self.titles = read_table(self.root, "items").set_index("item_id")["title"]
@@ -205,4 +209,5 @@ class Chooser:
             images,
             self.max_new_tokens,
             seed=int(user_id) * 100_003 + int(item_id),
+            instructions=self.instructions,
         )

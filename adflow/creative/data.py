@@ -23,6 +23,8 @@ from adflow.data.world import PROTOCOL, describe_creative, pair_rationale, pair_
 
 QUESTION = "Which creative should this user be shown? Think it through, then answer A or B."
 DESCRIBE = "Describe this creative by the protocol."
+# without instructions (`creative_model.instructions` off): the same structure, the task named in a few words
+SHORT_QUESTION, SHORT_DESCRIBE = "Answer A or B.", "Describe it."
 
 
 COLUMNS = [
@@ -31,16 +33,33 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def prompt(title: str, interests: str) -> str:
-    """The selector's question: the protocol, the user, the product, the two creatives (in image order)."""
-    return f"{PROTOCOL}\nUser: {interests}.\nProduct: {title}.\nCreative A: <image>\nCreative B: <image>\n{QUESTION}"
+def prompt(title: str, interests: str, instructions: bool = True) -> str:
+    """The selector's question: the protocol, the user, the product, the two creatives (in image order).
+
+    `instructions` False drops the protocol sentence and shortens the question: words every prompt shares,
+    which a pretrained model follows and a model trained from scratch learns nothing from (config.py)."""
+    head, question = (f"{PROTOCOL}\n", QUESTION) if instructions else ("", SHORT_QUESTION)
+    return (
+        f"{head}User: {interests}.\nProduct: {title}.\nCreative A: <image>\nCreative B: <image>\n{question}"
+    )
+
+
+def describe_prompt(instructions: bool = True) -> str:
+    """A single creative to describe by the protocol (`describe_examples`)."""
+    return (
+        f"{PROTOCOL}\nCreative: <image>\n{DESCRIBE}"
+        if instructions
+        else f"Creative: <image>\n{SHORT_DESCRIBE}"
+    )
 
 
 def answer(rationale: str, label: str) -> str:
     return f"<think>{rationale}</think><answer>{label}</answer>"
 
 
-def pair_examples(dataset: str | Path, splits: tuple[str, ...] = ("train",)) -> pd.DataFrame:
+def pair_examples(
+    dataset: str | Path, splits: tuple[str, ...] = ("train",), instructions: bool = True
+) -> pd.DataFrame:
     """Both orders of every CreativePair in `splits` (train / test / test_unseen)."""
     root = Path(dataset)
     if not (root / "creative_pairs.parquet").exists():
@@ -54,7 +73,7 @@ def pair_examples(dataset: str | Path, splits: tuple[str, ...] = ("train",)) -> 
     for p in pairs.itertuples(index=False):
         fa = creatives.loc[p.creative_a, factor_cols].to_dict()
         fb = creatives.loc[p.creative_b, factor_cols].to_dict()
-        text = prompt(str(titles.get(p.item_id, "")), str(p.user_interests))
+        text = prompt(str(titles.get(p.item_id, "")), str(p.user_interests), instructions)
         for swapped, (first, second, f1, f2) in enumerate(
             ((p.creative_a, p.creative_b, fa, fb), (p.creative_b, p.creative_a, fb, fa))
         ):
@@ -79,7 +98,9 @@ def pair_examples(dataset: str | Path, splits: tuple[str, ...] = ("train",)) -> 
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def describe_examples(dataset: str | Path, exclude_items: set[int]) -> pd.DataFrame:
+def describe_examples(
+    dataset: str | Path, exclude_items: set[int], instructions: bool = True
+) -> pd.DataFrame:
     """One example per creative (products in `exclude_items` left out): the creative alone, described by the
     protocol in the rationale's own words ("product large, background busy, text crisp, warm theme."), as
     `split` "describe", in `pair_examples`' columns.
@@ -96,7 +117,7 @@ def describe_examples(dataset: str | Path, exclude_items: set[int]) -> pd.DataFr
             "swapped": False,
             "split": "describe",
             "item_id": int(c.item_id),
-            "prompt": f"{PROTOCOL}\nCreative: <image>\n{DESCRIBE}",
+            "prompt": describe_prompt(instructions),
             "images": [str(root / c.image_path)],
             "creative_ids": [int(c.creative_id)],
             "label": "",

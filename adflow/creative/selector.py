@@ -225,9 +225,11 @@ def to_records(examples: pd.DataFrame, image_size: int, with_completion: bool = 
 
 
 def corpus(examples: pd.DataFrame) -> list[str]:
-    """What the tiny tokenizer is trained on: prompts (images cut out) and target answers."""
-    texts = [p.replace("<image>", " ") for p in examples["prompt"].unique()]
-    return [*texts, *examples["completion"].tolist()]
+    """What the tiny tokenizer is trained on: the text it will tokenize, as the chat template renders it
+    between special tokens: the user's turn (role word and prompt, images cut out), the assistant's role word
+    (else "assistant" costs 8 tokens in every example), the target answers."""
+    texts = ["user\n" + p.replace("<image>", " ") for p in examples["prompt"].unique()]
+    return [*texts, *["assistant\n"] * len(examples), *examples["completion"].tolist()]
 
 
 # ---------------------------------------------------------------- generation

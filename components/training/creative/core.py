@@ -67,14 +67,16 @@ def prepare(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dic
     out.mkdir(parents=True, exist_ok=True)
     if not (Path(dataset) / "creative_pairs.parquet").exists():
         raise CreativeUnavailable("the data set has no creative_pairs table")
-    examples = pair_examples(dataset, ("train", *HELD_OUT))
+    examples = pair_examples(dataset, ("train", *HELD_OUT), m.instructions)
     train = examples[examples["split"] == "train"]
     if train.empty or examples["split"].isin(HELD_OUT).sum() == 0:
         raise CreativeUnavailable("the creative pairs need both training and held-out pairs")
     # held-out products stay unseen: neither the vision warm-up nor the described creatives show them
     unseen = set(examples.loc[examples["split"] == "test_unseen", "item_id"])
     if t.describe_creatives:
-        examples = pd.concat([examples, describe_examples(dataset, unseen)], ignore_index=True)
+        examples = pd.concat(
+            [examples, describe_examples(dataset, unseen, m.instructions)], ignore_index=True
+        )
     examples.to_parquet(out / "examples.parquet", index=False)
     processor = S.SelectorProcessor.build(m, S.corpus(examples[examples["split"].isin(SFT_SPLITS)]))
     processor.save(out / "processor")
@@ -574,6 +576,7 @@ def tournaments(
             imgs,
             settings.creative_model.max_new_tokens,
             seed=int(p.user_id) * 100_003 + int(p.item_id),
+            instructions=settings.creative_model.instructions,
         )
         rows.append(
             {
@@ -636,7 +639,7 @@ def distil(
 
     prompts, images = [], []
     for item, a, b, _, interests in draws:
-        msg = user_message(prompt(str(titles.get(item, "")), str(interests)))
+        msg = user_message(prompt(str(titles.get(item, "")), str(interests), m.instructions))
         prompts += [msg, msg]
         images += [[img(a), img(b)], [img(b), img(a)]]
     t0 = time.perf_counter()
