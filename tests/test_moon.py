@@ -111,6 +111,14 @@ def test_packed_vision_attention_is_transformers_per_image_sdpa(small_world: Pat
         for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)
     ]
     assert out.shape == (1, 30, 2, 8) and torch.allclose(out, torch.cat(parts, dim=1), atol=1e-6)
+    # a mask handed in is honoured, not dropped: the images' block-diagonal mask gives the same attention
+    block = torch.zeros(30, 30, dtype=torch.bool)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        block[a:b, a:b] = True
+    masked, _ = packed_sdpa(visual.blocks[0].attn, q, k, v, block, scaling=0.5, cu_seq_lens_q=cu)
+    assert torch.allclose(masked, out, atol=1e-6)
+    unmasked, _ = packed_sdpa(visual.blocks[0].attn, q, k, v, torch.ones(30, 30, dtype=torch.bool), 0.5)
+    assert not torch.allclose(unmasked, out, atol=1e-3)  # a mask that joins the images changes it
     # an implementation asked for on purpose stays
     visual.config._attn_implementation = "eager"
     pack_vision_attention(model.backbone)

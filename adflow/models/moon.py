@@ -285,9 +285,15 @@ def packed_sdpa(
     """Self-attention within each image of a packed sequence ([1, heads, tokens, dim], images back to back,
     bounded by `cu_seq_lens_q`), as transformers' sdpa path computes it: images of one size are one batched
     SDPA call (the same numbers bit for bit: tests/test_moon.py), others one call each. Returns
-    [1, tokens, heads, dim] as a flash kernel does."""
+    [1, tokens, heads, dim] as a flash kernel does. An explicit `attention_mask` (transformers passes none to
+    a flash-named kernel; a caller may) is applied over the whole packed sequence, as given."""
     import torch.nn.functional as F
 
+    if attention_mask is not None:
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
+        )
+        return out.transpose(1, 2), None
     if cu_seq_lens_q is None:
         raise ValueError("packed vision attention needs the images' boundaries (cu_seq_lens_q)")
     _, heads, tokens, dim = query.shape
