@@ -51,6 +51,11 @@ workspace_app = typer.Typer(
     help="The workspace volume: what steps left there for Ray and Feast.", no_args_is_help=True
 )
 app.add_typer(workspace_app, name="workspace")
+study_app = typer.Typer(
+    help="Seed studies: a stage trained again over seeds on one run's data, compared paired.",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
 
 Preset = Annotated[str, typer.Option("--preset", "-p", help="what to train: tiny | full | path to a YAML")]
 Placement = Annotated[
@@ -656,3 +661,85 @@ def serve(
     except ServeError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1) from e
+
+
+# ---------------------------------------------------------------- seed studies
+
+RunDir = Annotated[Path, typer.Option("--run", help="a finished run's folder (its data is reused)")]
+Seeds = Annotated[str, typer.Option("--seeds", help="seeds: 0-5, 0,3,7 or 1-3,8")]
+StudyOut = Annotated[
+    Path | None,
+    typer.Option("--out", help="report folder (default runs/study-<kind>; a restart there resumes)"),
+]
+
+
+def _study(kind: str, run: Path, seeds: str, out: Path | None, needs: str, fn: Any) -> None:
+    """Find the run's data (`needs`: "dataset" or "features"), run `fn(data, seeds, folder)`, print."""
+    from adflow import study as S
+
+    folder = out or Path("runs") / f"study-{kind}"
+    what = {"dataset": "data set (synth or ingest)", "features": "feature set (did its features stage run?)"}
+    try:
+        data = S.run_artifacts(run)
+        if needs not in data:
+            raise S.StudyError(f"{run}: the run left no {what[needs]}")
+        result = fn(data[needs], S.parse_seeds(seeds), folder)
+    except S.StudyError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from e
+    for line in S.summary_lines(result):
+        typer.echo(line)
+    typer.echo(f"report: {folder / 'study.md'}")
+
+
+@study_app.command("creative")
+def study_creative(
+    run: RunDir = Path("runs/latest"),
+    seeds: Seeds = "0-5",
+    out: StudyOut = None,
+    preset: Preset = "tiny",
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """Creative4U over init seeds: SFT against SFT+GRPO, paired on the same held-out answers."""
+    from adflow.study import creative_study
+
+    s = _settings(preset, placement, set_)
+    _study("creative", run, seeds, out, "dataset", lambda d, seeds, f: creative_study(s, d, seeds, f))
+
+
+@study_app.command("moon")
+def study_moon(
+    run: RunDir = Path("runs/latest"),
+    seeds: Seeds = "0-4",
+    out: StudyOut = None,
+    preset: Preset = "tiny",
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """MOON over seeds: image-search recall of MOON against the baseline encoder and each ablation."""
+    from adflow.study import moon_study
+
+    s = _settings(preset, placement, set_)
+    _study("moon", run, seeds, out, "dataset", lambda d, seeds, f: moon_study(s, d, seeds, f))
+
+
+@study_app.command("ctr")
+def study_ctr(
+    run: RunDir = Path("runs/latest"),
+    seeds: Seeds = "0-9",
+    variants: Annotated[
+        str, typer.Option(help="CTR variants trained side by side, comma-separated")
+    ] = "ciubm_text,din,ciubm_moon,ciubm_text_moon",
+    base: Annotated[str, typer.Option(help="the variant every other is compared with")] = "ciubm_text",
+    out: StudyOut = None,
+    preset: Preset = "tiny",
+    placement: Placement = "local",
+    set_: Sets = None,
+) -> None:
+    """CTR models over training seeds on one feature set: each variant against the base, paired by seed."""
+    from adflow.study import ctr_study
+
+    s = _settings(preset, placement, set_)
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    _study("ctr", run, seeds, out, "features", lambda d, seeds, f: ctr_study(s, d, seeds, names, base, f))

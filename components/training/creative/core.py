@@ -89,7 +89,7 @@ def prepare(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dic
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
     if t.vision_warmup_steps > 0 and not m.backbone_path:
-        creatives = read_table(dataset, "creatives")
+        creatives = read_table(Path(dataset), "creatives")
         creatives = creatives[~creatives["item_id"].isin(unseen)]
         images = [S.load_image(str(Path(dataset) / p), m.image_size) for p in creatives["image_path"]]
         t0 = time.perf_counter()
@@ -362,7 +362,8 @@ def train_loop(config: dict[str, Any]) -> None:
     # from the saved SFT weights: with beta > 0 TRL rebuilds the reference model from this path (FIELD-NOTES)
     policy = S.load_model(out / "sft")
     weights = dict(t.reward_weights)
-    rewards = [r for r in REWARDS if r.__name__.removesuffix("_reward") in weights]
+    # TRL types reward functions as returning list[float | None]; ours return list[float]
+    rewards: list[Any] = [r for r in REWARDS if r.__name__.removesuffix("_reward") in weights]
     grpo = GRPOTrainer(
         model=policy,
         args=GRPOConfig(
@@ -381,7 +382,7 @@ def train_loop(config: dict[str, Any]) -> None:
         ),
         train_dataset=_records(train, m.image_size, t.seed),
         processing_class=processor,
-        reward_funcs=list(rewards),
+        reward_funcs=rewards,
         callbacks=[_history_callback(config["history_path"], "grpo", rank)],
     )
     grpo.train()
@@ -553,7 +554,8 @@ def tournaments(
     held = pairs[pairs["split"].isin(HELD_OUT)].drop_duplicates(["user_id", "item_id"]).head(limit)
     creatives = read_table(root, "creatives")
     titles = read_table(root, "items").set_index("item_id")["title"]
-    rows, examples = [], []
+    rows: list[dict[str, Any]] = []
+    examples: list[dict[str, Any]] = []
     for p in held.itertuples(index=False):
         cr = creatives[creatives["item_id"] == p.item_id]
         app = appeal(

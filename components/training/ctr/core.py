@@ -104,12 +104,12 @@ def prepare(
     enc = FeatureEncoder.fit(frames["train"], content_catalog(src, content), seq_len)
     # every embedding the catalog has, as content tables aligned with the encoder's rows: a variant that
     # reads another embedding than the default swaps its table in (the exchange rate's comparison)
-    np.savez(out / "content_tables.npz", **content_tables(src, enc))
+    np.savez(out / "content_tables.npz", allow_pickle=False, **content_tables(src, enc))
     for s, df in frames.items():
         arrays = enc.transform(df)
         if shuffle_labels and s == "train":
             arrays["label"] = np.random.default_rng(seed).permutation(arrays["label"])
-        np.savez(out / f"{s}.npz", **arrays)
+        np.savez(out / f"{s}.npz", allow_pickle=False, **arrays)
     with (out / "encoder.pkl").open("wb") as f:
         pickle.dump(enc, f)
     return out
@@ -169,7 +169,7 @@ def train_loop(config: dict[str, Any]) -> None:
         t_epoch = time.perf_counter()
         perm = np.random.default_rng(tcfg.seed + epoch).permutation(len(train["label"]))[:n]
         shard = perm[rank::world]
-        losses = {v: [] for v in tcfg.variants}
+        losses: dict[str, list[float]] = {v: [] for v in tcfg.variants}
         for v in tcfg.variants:
             engines[v].train()
         for i in range(0, len(shard), batch):
@@ -260,7 +260,7 @@ def export(
     tables = _load(Path(data_dir), "content_tables")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    paths: dict[str, str] = {}
     for v in settings.ctr_train.variants:
         content = variant_content(v, settings.features.content_embedding, tables)
         model = CTRModel(settings.ctr_model, v, enc.sizes(), content)
@@ -369,7 +369,7 @@ def run(
         sr.metrics(
             {f"final_{k}": v for k, v in last.items() if k.endswith("val_auc")} | {"train_s": result.seconds}
         )
-        trained = [
+        trained: list[str] = [
             v for v in s.ctr_train.variants if result.history and f"{v}_train_loss" in result.history[0]
         ]
         sr.log_file(_curves(result.history, Path(model_dir), trained))

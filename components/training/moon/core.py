@@ -123,7 +123,7 @@ def prepare(settings: Settings, dataset: str | Path, out_dir: str | Path) -> dic
         arrays["views_crop"] = np.stack(
             [crop(im, b, m.crop_margin, size) for im, b in zip(flat_views, view_pred, strict=True)]
         ).reshape(n, v, size, size, 3)
-    np.savez(out / "images.npz", **arrays)
+    np.savez(out / "images.npz", allow_pickle=False, **arrays)
     cutoff = training_cutoff(dataset, settings.features.split_quantile)
     pairs = behaviour_pairs(
         dataset, cat, cutoff, t.spatiotemporal_negatives, t.seed, t.interest_pairs_per_user
@@ -243,7 +243,7 @@ def train_loop(config: dict[str, Any]) -> None:
     pairs = pd.read_parquet(data / "pairs.parquet")
     config = {**config, "views_per_item": imgs["views_raw"].shape[1]}
     device = ray.train.torch.get_device()
-    flags = {v: config["flags"][v] for v in tcfg.variants}
+    flags: dict[str, dict[str, bool]] = {v: config["flags"][v] for v in tcfg.variants}
     engines: dict[str, Any] = {}
     opts: dict[str, Any] = {}
     for v in tcfg.variants:
@@ -338,13 +338,13 @@ def train_loop(config: dict[str, Any]) -> None:
                     texts, images, kinds = [], [], []
                     for kind, text, anchor in zip(sel["kind"], sel["text"], sel["anchor"], strict=True):
                         if kind == "query":
-                            texts.append(str(text)), images.append(None), kinds.append("text")
+                            texts.append(str(text))
+                            images.append(None)
+                            kinds.append("text")
                         else:
-                            (
-                                texts.append(cat.titles[anchor]),
-                                images.append(product_image(v, anchor)),
-                                kinds.append("image_text"),
-                            )
+                            texts.append(cat.titles[anchor])
+                            images.append(product_image(v, anchor))
+                            kinds.append("image_text")
                     q, aux_q, probs = run(v, texts, images, kinds, [None] * len(kinds))
                     cand = sel["positive"].astype(int).tolist()
                     if flags[v]["hard"]:  # spatio-temporal negatives: shown in the session, not clicked

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ class Encoder:
 
     def __call__(
         self,
-        texts: list[str | None],
+        texts: Sequence[str | None],
         images: list[np.ndarray] | None,
         modality: str,
         aspect: str | None = None,
@@ -172,7 +173,7 @@ def expert_usage(enc: Encoder, cat: Any, queries: dict[str, Any]) -> dict[str, l
 
     from adflow.models.moon import aspect_ids, modality_ids
 
-    inputs = {
+    inputs: dict[str, tuple[list[Any], list[Any]]] = {
         "image": ([None] * len(cat), enc.prepare_images(list(queries["clean"][0][: len(cat)]))),
         "text": (cat.titles, [None] * len(cat)),
         "image_text": (cat.titles, enc.prepare_images(cat.images)),
@@ -184,7 +185,7 @@ def expert_usage(enc: Encoder, cat: Any, queries: dict[str, Any]) -> dict[str, l
             n = len(b["input_ids"])
             _, _, probs = enc.model(b, modality_ids([kind] * n), aspect_ids([None] * n))
             out[kind] = probs.float().mean(0).tolist()
-    out["tags"] = list(enc.cfg.moe_experts)  # type: ignore[assignment]
+    out["tags"] = list(enc.cfg.moe_experts)
     return out
 
 
