@@ -17,7 +17,8 @@ finished run), trains the stage's own code again with each seed, and reports per
 
 Across seeds the mean difference gets a 95% t-interval (seeds are the independent draws), and the study
 counts the seeds on which it is positive. Results are written after every seed (study.json), so a study
-that is stopped keeps the seeds it finished; study.md and study.png are the readable report.
+that is stopped keeps the seeds it finished; study.md and study.png are the readable report. MLflow gets a
+run per study (experiment "<placement.mlflow_experiment>-studies") with the same numbers and files.
 """
 
 from __future__ import annotations
@@ -269,22 +270,56 @@ SeedRun = Callable[[int, Path], tuple[dict[str, dict[str, float]], str]]
 
 
 def _each_seed(
-    study: Study, out: Path, what: str, one: SeedRun, after: Callable[[], None] | None = None
+    settings: Settings,
+    study: Study,
+    out: Path,
+    what: str,
+    one: SeedRun,
+    after: Callable[[], None] | None = None,
 ) -> Study:
     """Run `one(seed, folder)` -> (the seed's row, a line for the log) for every seed not done yet; the
-    report is rewritten after each, so a stopped study keeps what it finished."""
-    for i, seed in enumerate(study.seeds):
-        if seed in study.per_seed:
-            log(STAGE, f"seed {seed}: done in an earlier study, kept")
-            continue
-        log(STAGE, f"seed {seed} ({i + 1}/{len(study.seeds)}): {what}")
-        t0 = time.perf_counter()
-        study.per_seed[seed], line = one(seed, out / f"seed{seed}")
-        study.seconds[seed] = time.perf_counter() - t0
-        if after is not None:
-            after()
-        write_report(study, out)
-        log(STAGE, f"seed {seed}: {line} in {study.seconds[seed]:.0f}s")
+    report is rewritten after each, so a stopped study keeps what it finished. Everything also goes to
+    MLflow: one run per study in the "<experiment>-studies" experiment, each seed's numbers at step = seed,
+    the paired differences and the report's files."""
+    from adflow.tracking import client, ensure_experiment, stage_run
+
+    p = settings.resolved().placement
+    uri, experiment = p.tracking_uri(), f"{p.mlflow_experiment}-studies"
+    # as the pipeline's experiment: local artifact root here, the tracking server's own with a server
+    ensure_experiment(client(uri), experiment, p.artifact_root() if not p.mlflow_tracking_uri else None)
+    with stage_run(f"study-{study.kind}", uri, "", experiment) as rec:
+        rec.params({"kind": study.kind, "seeds": study.seeds, "base": study.base, "key": study.key})
+
+        def record(seed: int) -> None:
+            row = study.per_seed[seed]
+            rec.metrics({f"{v}.{m}": x for v, ms in row.items() for m, x in ms.items()}, step=seed)
+
+        for i, seed in enumerate(study.seeds):
+            if seed in study.per_seed:
+                log(STAGE, f"seed {seed}: done in an earlier study, kept")
+                record(seed)
+                continue
+            log(STAGE, f"seed {seed} ({i + 1}/{len(study.seeds)}): {what}")
+            t0 = time.perf_counter()
+            study.per_seed[seed], line = one(seed, out / f"seed{seed}")
+            study.seconds[seed] = time.perf_counter() - t0
+            if after is not None:
+                after()
+            write_report(study, out)
+            record(seed)
+            log(STAGE, f"seed {seed}: {line} in {study.seconds[seed]:.0f}s")
+        write_report(study, out)  # also when every seed was done before
+        paired = {
+            f"{v}_minus_{study.base}.{m}.{stat}": d[stat]
+            for m in study.metrics
+            for v, d in study.differences(m).items()
+            if d["n"]
+            for stat in ("mean", "ci95")
+        }
+        rec.metrics({k: v for k, v in paired.items() if not math.isnan(v)})
+        for name in ("study.md", "study.png", "study.json"):
+            rec.log_file(out / name)
+        rec.artifact("report", out / "study.md")
     return study
 
 
@@ -320,7 +355,7 @@ def creative_study(settings: Settings, dataset: str | Path, seeds: list[int], ou
             f"(paired {m['grpo_gain']:+.3f} ± {m['grpo_gain_ci95']:.3f})"
         )
 
-    return _each_seed(study, out, "the Creative4U stage", one)
+    return _each_seed(settings, study, out, "the Creative4U stage", one)
 
 
 def moon_study(settings: Settings, dataset: str | Path, seeds: list[int], out_dir: str | Path) -> Study:
@@ -361,7 +396,7 @@ def moon_study(settings: Settings, dataset: str | Path, seeds: list[int], out_di
         return row, line
 
     compared()
-    return _each_seed(study, out, "the MOON stage", one, compared)
+    return _each_seed(settings, study, out, "the MOON stage", one, compared)
 
 
 def ctr_study(
@@ -415,7 +450,7 @@ def ctr_study(
             row[v] = {m: float(metrics[m]) for m in CTR_METRICS}
         return row, ", ".join(f"{v} AUC {row[v]['auc']:.4f} cold {row[v]['cold_auc']:.4f}" for v in variants)
 
-    return _each_seed(study, out, f"CTR training of {', '.join(variants)}", one)
+    return _each_seed(settings, study, out, f"CTR training of {', '.join(variants)}", one)
 
 
 def summary_lines(study: Study) -> list[str]:

@@ -136,6 +136,17 @@ def test_ctr_study_trains_each_seed_and_resumes(small_world: Path, tmp_path: Pat
     assert d["mean"] == pytest.approx(
         np.mean([st.per_seed[s]["din"]["auc"] - st.per_seed[s]["ciubm"]["auc"] for s in (0, 1)])
     )
+    # MLflow: one run for the study, each seed's numbers at step = seed, the paired differences, the report
+    from adflow.tracking import client
+
+    c = client(settings.resolved().placement.tracking_uri())
+    exp = c.get_experiment_by_name(f"{settings.placement.mlflow_experiment}-studies")
+    (run,) = c.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["kind"] == "ctr"
+    hist = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "din.auc")}
+    assert hist == pytest.approx({s: st.per_seed[s]["din"]["auc"] for s in (0, 1)})
+    assert run.data.metrics["din_minus_ciubm.auc.mean"] == pytest.approx(d["mean"])
+    assert {"study.md", "study.png", "study.json"} <= {f.path for f in c.list_artifacts(run.info.run_id)}
     # a restart with one more seed trains only that one
     before = (out / "seed0" / "ciubm.pt").stat().st_mtime_ns
     again = S.ctr_study(settings, features, [0, 1, 2], ["ciubm", "din"], "ciubm", out)
