@@ -102,19 +102,24 @@ def run_artifacts(run: str | Path) -> dict[str, Path]:
     """The data a finished run left: {"dataset": world folder, "features": feature set} (what it has).
 
     `run`: a run folder (runs/<id> or runs/latest) or its summary.json."""
+    from adflow.summary import stage_artifacts
+
     path = Path(run)
     summary = path / "summary.json" if path.is_dir() else path
     if not summary.exists():
         raise StudyError(f"{run}: no summary.json (pass a run folder such as runs/latest)")
-    stages = {s["name"]: s for s in json.loads(summary.read_text())["stages"]}
+    stages = stage_artifacts(summary)
+    wanted = {
+        "dataset": [("synth", "dataset"), ("ingest", "dataset")],
+        "features": [("features", "features")],
+    }
     found: dict[str, Path] = {}
-    for key, stage, artifact in (("dataset", "synth", "dataset"), ("dataset", "ingest", "dataset")):
-        uri = stages.get(stage, {}).get("artifacts", {}).get(artifact)
-        if uri and Path(uri).exists():
-            found[key] = Path(uri)
-    uri = stages.get("features", {}).get("artifacts", {}).get("features")
-    if uri and Path(uri).exists():
-        found["features"] = Path(uri)
+    for key, places in wanted.items():
+        for stage, artifact in places:
+            uri = stages.get(stage, {}).get(artifact)
+            if uri and Path(uri).exists():
+                found[key] = Path(uri)
+                break
     return found
 
 
@@ -131,17 +136,17 @@ class Study:
     key: dict[str, Any]
     metrics: tuple[str, ...]  # what the report shows, per variant
 
+    def paired(self, variant: str, metric: str) -> list[float]:
+        """(variant - base) on `metric` for every seed that has both, in seed order."""
+        return [
+            self.per_seed[s][variant][metric] - self.per_seed[s][self.base][metric]
+            for s in sorted(self.per_seed)
+            if metric in self.per_seed[s].get(variant, {})
+        ]
+
     def differences(self, metric: str) -> dict[str, dict[str, float]]:
         """variant -> across-seed summary of (variant - base) on `metric`, paired by seed."""
-        out = {}
-        for v in self.compared:
-            diffs = [
-                self.per_seed[s][v][metric] - self.per_seed[s][self.base][metric]
-                for s in self.per_seed
-                if v in self.per_seed[s] and metric in self.per_seed[s][v]
-            ]
-            out[v] = across_seeds(diffs)
-        return out
+        return {v: across_seeds(self.paired(v, metric)) for v in self.compared}
 
     def levels(self, metric: str) -> dict[str, dict[str, float]]:
         variants = [self.base, *self.compared]
@@ -218,15 +223,10 @@ def _plot(study: Study, path: Path, metrics: tuple[str, ...]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
-    seeds = sorted(study.per_seed)
     for ax, m in zip(axes[0], metrics, strict=True):
         diffs = study.differences(m)
         for k, v in enumerate(study.compared):
-            ys = [
-                study.per_seed[s][v][m] - study.per_seed[s][study.base][m]
-                for s in seeds
-                if v in study.per_seed[s] and m in study.per_seed[s][v]
-            ]
+            ys = study.paired(v, m)
             ax.scatter([k] * len(ys), ys, s=14, alpha=0.6)
             d = diffs[v]
             if not math.isnan(d["ci95"]):

@@ -141,26 +141,23 @@ def write(summary: RunSummary, runs_dir: str | Path) -> Path:
     return path
 
 
+def stage_artifacts(summary_path: str | Path) -> dict[str, dict[str, str]]:
+    """{stage: {artifact name: path or URI}} from a run's summary.json; {} when the file is missing."""
+    path = Path(summary_path)
+    if not path.exists():
+        return {}
+    return {st["name"]: dict(st.get("artifacts") or {}) for st in json.loads(path.read_text())["stages"]}
+
+
 def latest_dataset(runs_dir: str | Path) -> str | None:
     """The dataset folder of the latest run (its synth or ingest stage), or None when there is none."""
-    path = Path(runs_dir) / "latest" / "summary.json"
-    if not path.exists():
-        return None
-    for st in json.loads(path.read_text())["stages"]:
-        if st["name"] in ("synth", "ingest") and st["artifacts"].get("dataset"):
-            return str(st["artifacts"]["dataset"])
-    return None
+    stages = stage_artifacts(Path(runs_dir) / "latest" / "summary.json")
+    return next((stages[s]["dataset"] for s in ("synth", "ingest") if stages.get(s, {}).get("dataset")), None)
 
 
 def latest_selector(runs_dir: str | Path) -> str | None:
     """The latest run's Creative4U stage output (its trained selector), if that stage trained one."""
-    path = Path(runs_dir) / "latest" / "summary.json"
-    if not path.exists():
-        return None
-    for st in json.loads(path.read_text())["stages"]:
-        if st["name"] == "creative" and st["artifacts"].get("creative"):
-            return str(st["artifacts"]["creative"])
-    return None
+    return stage_artifacts(Path(runs_dir) / "latest" / "summary.json").get("creative", {}).get("creative")
 
 
 def _fmt(v: float) -> str:
