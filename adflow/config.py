@@ -8,6 +8,7 @@ fails at load time with the valid keys named, not deep inside a training step.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -488,12 +489,22 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def _apply(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set `value` at `parts` in the raw settings. A key inside a mapping setting that the preset leaves at
+    its default starts from that default: `moon_train.query_mix.text=0.3` changes one share and keeps the
+    others (it used to replace the whole mapping with that one key, silently)."""
     node = data
+    model: type[BaseModel] | None = Settings
     for p in parts[:-1]:
-        child = node.setdefault(p, {})
+        field = model.model_fields.get(p) if model is not None else None
+        kind = field.annotation if field is not None else None
+        section = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+        if p not in node:
+            default = field.get_default(call_default_factory=True) if field and not section else None
+            node[p] = copy.deepcopy(default) if isinstance(default, dict) else {}
+        child = node[p]
         if not isinstance(child, dict):
             raise ConfigError(f"override {'.'.join(parts)}: '{p}' is a value, not a section")
-        node = child
+        node, model = child, section
     node[parts[-1]] = value
 
 

@@ -42,6 +42,23 @@ def test_overrides_apply_with_types() -> None:
     assert s.world.base_ctr == pytest.approx(0.1)
 
 
+def test_a_key_inside_a_mapping_setting_keeps_the_other_keys() -> None:
+    default = load_settings("tiny").moon_train.query_mix
+    s = load_settings("tiny", "local", ["moon_train.query_mix.attribute_text=0.5"])
+    # one share changed, the rest as they were (not a mix of attribute queries alone)
+    assert s.moon_train.query_mix == {**default, "attribute_text": 0.5} and len(default) == 5
+    w = load_settings("tiny", "local", ["creative_train.reward_weights.facts=1"]).creative_train
+    assert w.reward_weights == {**load_settings("tiny").creative_train.reward_weights, "facts": 1.0}
+    # a whole mapping given is the whole mapping; a mapping that defaults to None starts empty
+    assert load_settings("tiny", "local", ["moon_train.query_mix={image: 1}"]).moon_train.query_mix == {
+        "image": 1.0
+    }
+    ds = load_settings("tiny", "local", ["ctr_train.deepspeed.zero_optimization.stage=2"]).ctr_train
+    assert ds.deepspeed == {"zero_optimization": {"stage": 2}}
+    with pytest.raises(ConfigError, match="unknown query types"):
+        load_settings("tiny", "local", ["moon_train.query_mix.imgae=0.2"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
