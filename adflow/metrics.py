@@ -107,3 +107,24 @@ def ctr_report(
         out["oracle_auc"] = auc(y, oracle)
         out["oracle_cold_auc"] = auc(y[cold], oracle[cold]) if cold.any() else float("nan")
     return out
+
+
+def linear_probe(x: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """Held-out accuracy of a logistic regression reading `labels` from the rows of `x` (stratified k-fold):
+    how much of an attribute an embedding keeps where a linear model, as a CTR model's layers are, can use it.
+    NaN when there are too few rows or only one label."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    x, labels = np.asarray(x, np.float64), np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2 or len(labels) < 2 * folds:
+        return float("nan")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    cv = StratifiedKFold(min(folds, int(counts.max())), shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a rare label with fewer rows than folds only warns
+        warnings.simplefilter("ignore", UserWarning)
+        scores = cross_val_score(LogisticRegression(C=10.0, max_iter=3000), x, labels, cv=cv)
+    return float(scores.mean())

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from adflow import registry
 from adflow.cli import app
 from adflow.config import GateConfig
-from adflow.metrics import paired_auc_diff
+from adflow.metrics import linear_probe, paired_auc_diff
 from adflow.tracking import client, ensure_experiment
-from components.evaluation.gate.core import decide
+from components.evaluation.gate.core import _probe_lines, content_probes, decide
 
 CHAMP = {"auc": 0.74, "gauc": 0.74, "logloss": 0.250, "cold_auc": 0.70}
 
@@ -65,6 +65,46 @@ def test_paired_auc_difference_interval() -> None:
     twin = signal + rng.normal(0, 0.5, len(y))  # as good as `good`, different noise
     tie = paired_auc_diff(users, y, good, twin, n_boot=100)
     assert tie["lo"] < 0 < tie["hi"]
+
+
+def test_content_probes_read_what_each_embedding_keeps(tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 120
+    cats, colours, styles = rng.integers(0, 3, n), rng.integers(0, 4, n), rng.integers(0, 2, n)
+    pd.DataFrame(
+        {
+            "item_id": np.arange(n),
+            "category": [f"c{c}" for c in cats],
+            "attributes": [
+                json.dumps({"colour": f"k{k}", "style": f"s{s}"})
+                for k, s in zip(colours, styles, strict=True)
+            ],
+        }
+    ).to_parquet(tmp_path / "catalog.parquet")
+    (tmp_path / "tables").mkdir()
+    # "text" keeps category and colour (one-hot) and nothing of the style; "moon" is noise
+    text = np.hstack([np.eye(3)[cats], np.eye(4)[colours]]) + 0.01 * rng.normal(size=(n, 7))
+    pd.DataFrame(
+        {
+            "item_id": np.arange(n),
+            "text_embedding": list(text),
+            "moon_embedding": list(rng.normal(size=(n, 7))),
+        }
+    ).to_parquet(tmp_path / "tables" / "item_content.parquet")
+    x = content_probes(tmp_path, ["category", "colour", "style"])
+    assert x["probe_text_category"] == 1.0 and x["probe_text_colour"] == 1.0
+    assert x["probe_text_style"] < 0.7  # two styles: ~0.5 by chance
+    assert x["probe_moon_colour"] < 0.5  # four colours: ~0.25 by chance
+    assert (x["catalog_values_colour"], x["catalog_values_style"]) == (4.0, 2.0)
+    (line,) = _probe_lines(x)
+    assert (
+        "MiniLM category 1.00, colour 1.00, style" in line and "distinct values: category 3, colour 4" in line
+    )
+    assert np.isnan(linear_probe(text, np.zeros(n)))  # one label: nothing to read
 
 
 def test_promote_rollback_history(registry_uri: str) -> None:
