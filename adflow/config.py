@@ -314,8 +314,11 @@ class CTRModelConfig(Strict):
 
 class CTRTrainConfig(Strict):
     # trained side by side in one Ray Train run. "ciubm" reads features.content_embedding; "ciubm_<name>"
-    # reads that embedding whatever the default is (the gate's exchange rate compares them on the same split)
-    variants: list[Literal["din", "ciubm", "ciubm_text", "ciubm_moon", "ciubm_text_moon"]] = ["din", "ciubm"]
+    # reads that embedding whatever the default is (the gate's exchange rate compares them on the same split);
+    # "ciubm_attributes" reads the catalog's attributes one-hot (a yardstick for studies, not served)
+    variants: list[
+        Literal["din", "ciubm", "ciubm_text", "ciubm_moon", "ciubm_text_moon", "ciubm_attributes"]
+    ] = ["din", "ciubm"]
     epochs: int = Field(5, ge=1)  # the exported weights are those of the best validation epoch
     batch_size: int = Field(256, ge=8)  # global: split across the Ray workers
     lr: float = Field(2e-3, gt=0)

@@ -69,6 +69,39 @@ def test_content_path_tells_cold_items_apart(feature_set: tuple[Path, Path]) -> 
     assert not torch.isclose(c[0], c[1])
 
 
+def test_attribute_yardstick_cosine_is_the_share_of_attributes_shared(
+    feature_set: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from components.training.ctr.core import attribute_catalog, content_catalog, content_tables
+
+    items = [("lamp", {"colour": "red", "style": "sport"}), ("lamp", {"colour": "red", "style": "classic"})]
+    items += [("bag", {"colour": "blue", "style": "sport"}), ("bag", {"colour": "red"})]
+    pd.DataFrame(
+        {
+            "item_id": [1, 2, 3, 4],
+            "category": [c for c, _ in items],
+            "attributes": [json.dumps(a) for _, a in items],
+        }
+    ).to_parquet(tmp_path / "catalog.parquet")
+    cat = content_catalog(tmp_path, "attributes")
+    x = np.stack(cat["embedding"].to_numpy())
+    assert np.allclose(np.linalg.norm(x, axis=1), 1)
+    sims = x @ x.T  # three attributes: category, colour, style (a missing style is a value of its own)
+    assert sims[0, 1] == pytest.approx(2 / 3) and sims[0, 2] == pytest.approx(1 / 3)
+    assert sims[1, 2] == pytest.approx(0) and sims[2, 3] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="no catalog"):
+        attribute_catalog(tmp_path / "nowhere")
+    # a real feature set: the yardstick's table sits beside the embeddings, one row per encoder item
+    enc, _ = _encoder(feature_set[1])
+    tables = content_tables(feature_set[1], enc)
+    assert "attributes" in tables and tables["attributes"].shape[0] == tables["text"].shape[0]
+    assert np.allclose(np.linalg.norm(tables["attributes"][1:], axis=1), 1)
+    m = CTRModel(CTRModelConfig(), "ciubm_attributes", enc.sizes(), tables["attributes"])
+    test = pd.read_parquet(feature_set[1] / "test.parquet")
+    out = m(to_tensors(enc.transform(test), slice(0, 32)))
+    assert out.shape == (32,) and torch.isfinite(out).all()
+
+
 @pytest.mark.slow
 def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path]) -> None:
     tmp, features = feature_set

@@ -40,13 +40,43 @@ class TrainResult:
     seconds: float = 0.0
 
 
-# what CiUBM can read: an item_content column <name>_embedding, or "text_moon", both side by side
-EMBEDDINGS = ("text", "moon", "text_moon")
+# what CiUBM can read: an item_content column <name>_embedding, "text_moon" (both side by side), or
+# "attributes": the catalog's own structured attributes one-hot, the yardstick for a learnt embedding
+EMBEDDINGS = ("text", "moon", "text_moon", "attributes")
+
+
+def attribute_catalog(features_dir: str | Path) -> pd.DataFrame:
+    """item_id, category, embedding: one block per catalog attribute (the category and every key of the
+    items' attributes), each a one-hot of the item's value, the blocks weighed alike and the whole unit
+    length. Two items' cosine is then the share of attributes they share. Not a served embedding: a study
+    variant (`ciubm_attributes`) that shows what a content embedding carrying exactly the catalog's
+    attributes is worth to CiUBM, to read a learnt embedding's gap against."""
+    path = Path(features_dir) / "catalog.parquet"
+    if not path.exists():
+        raise ValueError(f"the feature set has no catalog ({path}) to read the items' attributes from")
+    cat = pd.read_parquet(path)
+    attrs = [
+        json.loads(a) if isinstance(a, str) and a else {} for a in cat.get("attributes", [None] * len(cat))
+    ]
+    columns = {"category": cat["category"].fillna("").astype(str).tolist()}
+    for key in sorted({k for a in attrs for k in a}):
+        columns[key] = [str(a.get(key, "")) for a in attrs]
+    blocks = []
+    for values in columns.values():
+        levels = {v: i for i, v in enumerate(sorted(set(values)))}
+        block = np.zeros((len(cat), len(levels)), np.float32)
+        block[np.arange(len(cat)), [levels[v] for v in values]] = 1.0
+        blocks.append(block)
+    emb = np.hstack(blocks) / np.sqrt(len(blocks))
+    return pd.DataFrame({"item_id": cat["item_id"], "category": cat["category"], "embedding": list(emb)})
 
 
 def content_catalog(features_dir: str | Path, embedding: str) -> pd.DataFrame:
     """item_id, category, embedding: the catalog's `embedding` vectors from the feature tables (unit length;
-    "text_moon" joins MiniLM's and MOON's, each unit length, scaled so the whole is)."""
+    "text_moon" joins MiniLM's and MOON's, each unit length, scaled so the whole is; "attributes" is
+    `attribute_catalog`)."""
+    if embedding == "attributes":
+        return attribute_catalog(features_dir)
     cat = pd.read_parquet(Path(features_dir) / "tables" / "item_content.parquet")
     parts = []
     for name in embedding.split("_"):
