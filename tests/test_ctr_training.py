@@ -100,6 +100,14 @@ def test_attribute_yardstick_cosine_is_the_share_of_attributes_shared(
     test = pd.read_parquet(feature_set[1] / "test.parquet")
     out = m(to_tensors(enc.transform(test), slice(0, 32)))
     assert out.shape == (32,) and torch.isfinite(out).all()
+    # every content table the core can build is a variant the config accepts, and nothing else
+    from typing import get_args
+
+    from adflow.config import CTRTrainConfig
+    from components.training.ctr.core import EMBEDDINGS
+
+    (names,) = get_args(CTRTrainConfig.model_fields["variants"].annotation)
+    assert set(get_args(names)) == {"din", "ciubm"} | {f"ciubm_{e}" for e in EMBEDDINGS}
 
 
 @pytest.mark.slow

@@ -175,7 +175,8 @@ class CTRModel(nn.Module):
         self, cfg: CTRModelConfig, variant: str, sizes: dict[str, int], content: np.ndarray | None
     ) -> None:
         super().__init__()
-        if variant not in ("din", "ciubm", "ciubm_text", "ciubm_moon", "ciubm_text_moon", "ciubm_attributes"):
+        # the names are the config's (CTRTrainConfig.variants); the content table is the caller's
+        if variant not in ("din", "ciubm") and not variant.startswith("ciubm_"):
             raise ValueError(f"unknown CTR variant {variant}")
         variant = "din" if variant == "din" else "ciubm"  # ciubm_<embedding>: CiUBM on that content table
         d = cfg.id_dim

@@ -193,14 +193,10 @@ def content_probes(features_dir: str | Path, keys: list[str]) -> dict[str, float
     content, catalog = root / "tables" / "item_content.parquet", root / "catalog.parquet"
     if not content.exists() or not catalog.exists():
         return {}
-    items = pd.read_parquet(catalog).set_index("item_id")
-    attrs = [json.loads(a) if isinstance(a, str) and a else {} for a in items["attributes"]]
-    labels = {
-        k: pd.Series(
-            items["category"].to_numpy() if k == "category" else [a.get(k) for a in attrs], items.index
-        )
-        for k in keys
-    }
+    from adflow.models.reference import catalog_attributes
+
+    attrs = catalog_attributes(pd.read_parquet(catalog)).set_index("item_id")
+    labels = {k: attrs[k] for k in keys if k in attrs}
     emb = pd.read_parquet(content).set_index("item_id")
     out = {f"catalog_values_{k}": float(lab.nunique()) for k, lab in labels.items()}  # chance ~1 / this
     for col in (c for c in emb.columns if c.endswith("_embedding")):

@@ -51,22 +51,16 @@ def attribute_catalog(features_dir: str | Path) -> pd.DataFrame:
     length. Two items' cosine is then the share of attributes they share. Not a served embedding: a study
     variant (`ciubm_attributes`) that shows what a content embedding carrying exactly the catalog's
     attributes is worth to CiUBM, to read a learnt embedding's gap against."""
+    from adflow.models.reference import attribute_codes
+
     path = Path(features_dir) / "catalog.parquet"
     if not path.exists():
         raise ValueError(f"the feature set has no catalog ({path}) to read the items' attributes from")
     cat = pd.read_parquet(path)
-    attrs = [
-        json.loads(a) if isinstance(a, str) and a else {} for a in cat.get("attributes", [None] * len(cat))
-    ]
-    columns = {"category": cat["category"].fillna("").astype(str).tolist()}
-    for key in sorted({k for a in attrs for k in a}):
-        columns[key] = [str(a.get(key, "")) for a in attrs]
     blocks = []
-    for values in columns.values():
-        levels = {v: i for i, v in enumerate(sorted(set(values)))}
-        block = np.zeros((len(cat), len(levels)), np.float32)
-        block[np.arange(len(cat)), [levels[v] for v in values]] = 1.0
-        blocks.append(block)
+    for codes, n in attribute_codes(cat).values():  # the category first, then every attribute key
+        level = codes.reindex(cat["item_id"].to_numpy()).to_numpy() + 1  # 0: no value, a level of its own
+        blocks.append(np.eye(n + 1, dtype=np.float32)[level])
     emb = np.hstack(blocks) / np.sqrt(len(blocks))
     return pd.DataFrame({"item_id": cat["item_id"], "category": cat["category"], "embedding": list(emb)})
 
