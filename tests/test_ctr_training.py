@@ -214,6 +214,28 @@ def test_reference_model_features_and_fit(
     monkeypatch.setattr(reference, "CHUNK", 1)  # a split too big for one pass is built in chunks, the same
     assert np.array_equal(m.features(frame), x)
     monkeypatch.undo()
+    # the category alone (the gate's content-headroom reference): one share column, then the same crosses
+    alone = ReferenceModel.fit(frame, catalog, seq_len=10, attributes=["category"]).features(frame)
+    assert alone.shape[1] == x.shape[1] - 2 and np.array_equal(alone[:, 0], x[:, 0])
+    assert np.array_equal(alone[:, 1:], x[:, 3:])
+    with pytest.raises(ValueError, match="not in the catalog"):
+        ReferenceModel.fit(frame, catalog, seq_len=10, attributes=["category", "colur"])
+    # a content embedding's similarity summaries: mean, max and top-5 mean of the centred cosines of the
+    # target to its history; item 5's vector is missing (it reads 0), no history reads 0
+    vectors = {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 1.0], 4: [-1.0, 0.2], 5: []}
+    table = reference.content_table(
+        pd.DataFrame({"item_id": list(vectors), "v": list(vectors.values())}), "v"
+    )
+    x_all = np.array([vectors[i] for i in (1, 2, 3, 4)])
+    unit = {i: (np.array(vectors[i]) - x_all.mean(0)) for i in (1, 2, 3, 4)}
+    unit = {i: v / np.linalg.norm(v) for i, v in unit.items()}
+    frame2 = frame.assign(hist_item_ids=[[1, 2, 3, 5, 1, 2], None])
+    with_sims = ReferenceModel.fit(frame2, catalog, seq_len=10, attributes=["category"], content=table)
+    f = with_sims.features(frame2)
+    cos = np.array([unit[i] @ unit[4] for i in (1, 2, 3)] + [0.0] + [unit[i] @ unit[4] for i in (1, 2)])
+    assert f.shape[1] == alone.shape[1] + 3
+    assert f[0, 1:4] == pytest.approx([cos.mean(), cos.max(), np.sort(cos)[-5:].mean()])
+    assert (f[1, 1:4] == 0).all() and np.array_equal(f[:, 4:], alone[:, 1:])
 
     src = feature_set[1]
     train = pd.concat([pd.read_parquet(src / f"{s}.parquet") for s in ("train", "val")], ignore_index=True)

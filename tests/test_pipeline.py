@@ -62,7 +62,19 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
     assert gate_m["exchange_rate_auc"] == pytest.approx(x, rel=1e-6)
     # the reference model (crossed features) is scored beside them and named in the gate's report
     assert 0.5 < gate_m["reference_auc"] < 1
-    assert "Reference: a logistic regression" in Path(stages["gate"].artifacts["report"]).read_text()
+    report = Path(stages["gate"].artifacts["report"]).read_text()
+    assert "Reference: a logistic regression" in report
+    # and with the category alone: the content headroom, beside the candidate's lead over DIN
+    assert 0.5 < gate_m["reference_category_auc"] < 1 and "reference_category_cold_auc" in gate_m
+    headroom = gate_m["reference_auc"] - gate_m["reference_category_auc"]
+    assert "Content headroom: the reference less the same regression with the category alone" in report
+    assert f"knows too): AUC {headroom:+.4f}, cold-start AUC" in report
+    # and each content embedding's similarities read by the same regression, seed-free
+    text_gain = gate_m["reference_text_auc"] - gate_m["reference_category_auc"]
+    assert (
+        0.5 < gate_m["reference_moon_auc"] < 1
+        and f"over the category alone: text AUC {text_gain:+.4f}" in report
+    )
     assert Path(stages["validate"].artifacts["data_docs"]).is_file()
     # Creative4U: SFT then GRPO ran; held-out accuracy for random, SFT-only and SFT+GRPO, swap consistency;
     # the selector answers in the verdict format after a few SFT epochs; its artifacts serve the next steps

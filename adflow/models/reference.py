@@ -9,7 +9,12 @@ click model's own terms, read from the same Feast features the neural models get
   - the user's segment crossed with the creative's design factors (one weight per segment and factor);
   - log(position) and the item's smoothed CTR to date.
 So it is a well-specified simple model, not a baseline to beat on every world: on imported data with other
-attributes or no creatives it is still valid, just weaker. Features are standardised; the fit is sklearn's.
+attributes or no creatives it is still valid, just weaker. Fitted with the category alone (`attributes=
+["category"]`: what the ID path knows too) beside it, the difference is the content headroom: what the rest
+of the catalog's content, as the users' last clicks reveal their taste for it, is worth on this data. Given a
+content embedding instead of the attributes (`content=`), it reads the embedding's similarities of the target
+to the last clicks (mean, max, mean of the top 5 cosines): what that embedding's similarity structure buys a
+well-specified model, with no training-seed noise (the CTR models' comparisons of embeddings need a study). Features are standardised; the fit is sklearn's.
 About forty weights need no more than `FIT_ROWS` rows: at full scale the fit reads a seeded sample and the
 features are built `CHUNK` rows at a time (a 10M-row split x 50 clicks of history would not fit in memory).
 """
@@ -25,6 +30,8 @@ import pandas as pd
 FACTORS = ("prominence", "clutter", "legibility")
 FIT_ROWS = 200_000
 CHUNK = 100_000
+SIM_ROWS = 4096  # rows per gather of history vectors: 4096 x 20 clicks x 384 floats is ~125 MB
+TOP = 5
 
 
 def catalog_attributes(catalog: pd.DataFrame) -> pd.DataFrame:
@@ -45,10 +52,51 @@ def attribute_codes(catalog: pd.DataFrame) -> dict[str, tuple[pd.Series, int]]:
     return out
 
 
+def content_table(content: pd.DataFrame, column: str) -> tuple[pd.Series, np.ndarray]:
+    """item_id -> row, and the rows: each item's vector less the catalog's mean, unit length (a cosine near 1
+    for every pair, as a contrastive model's can be, would leave the summaries nothing to tell apart); an item
+    without a vector gets zeros, so its similarities read 0."""
+    vecs = [np.asarray(v, np.float64) for v in content[column]]
+    dim = max((len(v) for v in vecs), default=0)
+    have = np.array([len(v) == dim and dim > 0 for v in vecs])
+    x = np.zeros((len(vecs), max(dim, 1)))
+    if have.any():
+        x[have] = np.stack([v for v, h in zip(vecs, have, strict=True) if h])
+        x[have] -= x[have].mean(0)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x[~have] = 0.0
+    index = pd.Series(np.arange(len(vecs)), index=content["item_id"].astype(np.int64).to_numpy())
+    return index[~index.index.duplicated(keep="last")], x
+
+
+def similarity_summary(
+    seq: np.ndarray, filled: np.ndarray, target: np.ndarray, table: tuple[pd.Series, np.ndarray]
+) -> list[np.ndarray]:
+    """Mean, max and mean of the top `TOP` cosines of the target's vector to its history's (0 with none)."""
+    index, x = table
+    n, L = seq.shape
+    t_rows = index.reindex(target).fillna(-1).to_numpy(np.int64)
+    h_rows = index.reindex(seq.ravel()).fillna(-1).to_numpy(np.int64).reshape(n, L)
+    ok = filled & (h_rows >= 0) & (t_rows[:, None] >= 0)
+    x0 = np.vstack([x, np.zeros((1, x.shape[1]))])  # row -1: zeros
+    sims = np.zeros((n, L))
+    for i in range(0, n, SIM_ROWS):
+        sl = slice(i, i + SIM_ROWS)
+        sims[sl] = np.einsum("nld,nd->nl", x0[h_rows[sl]], x0[t_rows[sl]])
+    count = ok.sum(1)
+    mean = np.where(count > 0, (sims * ok).sum(1) / np.maximum(count, 1), 0.0)
+    masked = np.where(ok, sims, -np.inf)
+    top = -np.sort(-masked, axis=1)[:, :TOP]
+    top_ok = np.isfinite(top)
+    top_mean = np.where(top_ok.any(1), np.where(top_ok, top, 0).sum(1) / np.maximum(top_ok.sum(1), 1), 0.0)
+    return [mean, np.where(count > 0, masked.max(1), 0.0), top_mean]
+
+
 @dataclass
 class ReferenceModel:
     codes: dict[str, tuple[pd.Series, int]]  # from attribute_codes, built once at fit
     seq_len: int
+    content: tuple[pd.Series, np.ndarray] | None = None  # content_table: similarity summaries as features
     segments: list[str] = field(default_factory=list)
     themes: list[str] = field(default_factory=list)
     fill_ctr: float = 0.05
@@ -77,6 +125,8 @@ class ReferenceModel:
             match = ((h == t[:, None]) & (t[:, None] >= 0) & filled).sum(1)
             # log-ratio of the smoothed share to a uniform taste: 0 with no history, as with an even taste
             cols.append(np.log(v * (match + 1.0) / (length + v)))
+        if self.content is not None:
+            cols += similarity_summary(seq, filled, target, self.content)
         seg = frame["segment"].fillna("").to_numpy() if "segment" in frame else np.full(n, "")
         theme = frame["theme"].fillna("").to_numpy() if "theme" in frame else np.full(n, "")
 
@@ -92,15 +142,32 @@ class ReferenceModel:
         return np.column_stack(cols).astype(np.float64)
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, catalog: pd.DataFrame, seq_len: int, seed: int = 0) -> ReferenceModel:
+    def fit(
+        cls,
+        train: pd.DataFrame,
+        catalog: pd.DataFrame,
+        seq_len: int,
+        seed: int = 0,
+        attributes: list[str] | None = None,
+        content: tuple[pd.Series, np.ndarray] | None = None,
+    ) -> ReferenceModel:
+        """`attributes`: the catalog attributes whose history shares it reads (None: all of them);
+        `content`: a content_table whose similarity summaries it reads too."""
         from sklearn.linear_model import LogisticRegression
+
+        codes = attribute_codes(catalog)
+        if attributes is not None:
+            if unknown := set(attributes) - set(codes):
+                raise ValueError(f"attributes {sorted(unknown)} not in the catalog's {sorted(codes)}")
+            codes = {a: c for a, c in codes.items() if a in attributes}
 
         if len(train) > FIT_ROWS:
             train = train.sample(FIT_ROWS, random_state=seed)
 
         m = cls(
-            codes=attribute_codes(catalog),
+            codes=codes,
             seq_len=seq_len,
+            content=content,
             segments=sorted(train["segment"].dropna().unique()) if "segment" in train else [],
             themes=sorted(train["theme"].dropna().unique()) if "theme" in train else [],
             fill_ctr=float(train["click"].mean()),
