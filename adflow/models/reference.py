@@ -14,7 +14,8 @@ attributes or no creatives it is still valid, just weaker. Fitted with the categ
 of the catalog's content, as the users' last clicks reveal their taste for it, is worth on this data. Given a
 content embedding instead of the attributes (`content=`), it reads the embedding's similarities of the target
 to the last clicks (mean, max, mean of the top 5 cosines): what that embedding's similarity structure buys a
-well-specified model, with no training-seed noise (the CTR models' comparisons of embeddings need a study). Features are standardised; the fit is sklearn's.
+well-specified model, with no training-seed noise (the CTR models' comparisons of embeddings need a study).
+Features are standardised; the fit is sklearn's.
 About forty weights need no more than `FIT_ROWS` rows: at full scale the fit reads a seeded sample and the
 features are built `CHUNK` rows at a time (a 10M-row split x 50 clicks of history would not fit in memory).
 """
@@ -55,16 +56,15 @@ def attribute_codes(catalog: pd.DataFrame) -> dict[str, tuple[pd.Series, int]]:
 def content_table(content: pd.DataFrame, column: str) -> tuple[pd.Series, np.ndarray]:
     """item_id -> row, and the rows: each item's vector less the catalog's mean, unit length (a cosine near 1
     for every pair, as a contrastive model's can be, would leave the summaries nothing to tell apart); an item
-    without a vector gets zeros, so its similarities read 0."""
-    vecs = [np.asarray(v, np.float64) for v in content[column]]
+    without a vector gets zeros, so its similarities read 0. float32: a million items x 384 is 1.5 GB."""
+    vecs = [np.asarray(v, np.float32) for v in content[column]]
     dim = max((len(v) for v in vecs), default=0)
     have = np.array([len(v) == dim and dim > 0 for v in vecs])
-    x = np.zeros((len(vecs), max(dim, 1)))
+    x = np.zeros((len(vecs), max(dim, 1)), np.float32)
     if have.any():
         x[have] = np.stack([v for v, h in zip(vecs, have, strict=True) if h])
         x[have] -= x[have].mean(0)
-        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        x[~have] = 0.0
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # rows without a vector stay 0
     index = pd.Series(np.arange(len(vecs)), index=content["item_id"].astype(np.int64).to_numpy())
     return index[~index.index.duplicated(keep="last")], x
 
@@ -78,7 +78,7 @@ def similarity_summary(
     t_rows = index.reindex(target).fillna(-1).to_numpy(np.int64)
     h_rows = index.reindex(seq.ravel()).fillna(-1).to_numpy(np.int64).reshape(n, L)
     ok = filled & (h_rows >= 0) & (t_rows[:, None] >= 0)
-    x0 = np.vstack([x, np.zeros((1, x.shape[1]))])  # row -1: zeros
+    x0 = np.vstack([x, np.zeros((1, x.shape[1]), x.dtype)])  # row -1: zeros
     sims = np.zeros((n, L))
     for i in range(0, n, SIM_ROWS):
         sl = slice(i, i + SIM_ROWS)

@@ -7,7 +7,8 @@ its reason and the full comparison (candidate, DIN baseline, champion, oracle) g
 Beside them: a reference logistic regression on hand-crossed features (adflow/models/reference.py), which
 shows how much of the gap to the oracle the data itself leaves open, and the same regression with the category
 alone, whose difference is the content headroom (what content beyond the category can buy on this data, the
-scale for CiUBM's lead over DIN and for MOON's exchange rate). Both are scored, never gated on.
+scale for CiUBM's lead over DIN and for MOON's exchange rate), and with the category plus each content
+embedding's similarities (what that embedding buys, without seed noise). All are scored, never gated on.
 """
 
 from __future__ import annotations
@@ -326,8 +327,7 @@ def _reference_lines(d: GateDecision) -> list[str]:
                 "What each content embedding's similarities (mean, max and top-5 cosine of the target to the "
                 "last clicks) buy the same regression over the category alone: "
                 + "; ".join(sims)
-                + ". A fit, "
-                "not a training run: no seed noise, unlike the CTR models' comparison of embeddings."
+                + ". A fit, not a training run: no seed noise, unlike the CTR models' comparison of embeddings."
             )
     return lines
 
