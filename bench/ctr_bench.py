@@ -104,7 +104,13 @@ def main() -> int:
         result = train(s, tmp / "features", tmp / "model")
         ray_total = time.perf_counter() - t0
         ray_epochs = [h["epoch_train_s"] for h in result.history]
-        data = prepare(tmp / "features", tmp / "plain", s.features.seq_len)
+        data = prepare(  # the tensors and content tables the Ray run trained on
+            tmp / "features",
+            tmp / "plain",
+            s.features.seq_len,
+            content=s.features.content_embedding,
+            whitening=s.ctr_model.content_whitening,
+        )
         plain = plain_epochs(s, data, len(ray_epochs))
         ray_epoch, plain_epoch = (
             statistics.median(ray_epochs[1:] or ray_epochs),

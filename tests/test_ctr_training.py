@@ -111,6 +111,59 @@ def test_attribute_yardstick_cosine_is_the_share_of_attributes_shared(
 
 
 @pytest.mark.slow
+def test_whitening_gives_a_collapsed_embedding_s_small_directions_their_say(
+    feature_set: tuple[Path, Path],
+) -> None:
+    """An embedding whose variance sits on a few directions that do not tell items' colour apart, with the
+    colour in a direction of little variance (as a contrastive encoder can leave it): raw cosines barely
+    separate same-colour pairs, whitened ones do. Whitening is a function of the catalog alone (a rotation of
+    every vector, or their lengths, change nothing), rows without a vector stay zero."""
+    from adflow.models.content import whiten
+    from components.training.ctr.core import content_catalog
+
+    rng = np.random.default_rng(0)
+    n = 400
+    colour = rng.integers(0, 2, n) * 2 - 1.0
+    emb = np.hstack([rng.normal(0, 3.0, (n, 4)), 0.2 * colour[:, None], rng.normal(0, 0.05, (n, 11))])
+    emb = np.vstack([emb, np.zeros((1, 16))])  # an item without a vector
+
+    def separation(x: np.ndarray) -> float:  # same-colour minus other-colour mean cosine, in cosine sd
+        u = x[:n] / np.linalg.norm(x[:n], axis=1, keepdims=True)
+        sims, same = u @ u.T, colour[:, None] == colour[None, :]
+        off = ~np.eye(n, dtype=bool)
+        return float((sims[same & off].mean() - sims[~same].mean()) / sims[off].std())
+
+    w = whiten(emb, 0.0)
+    assert np.allclose(np.linalg.norm(w[:n], axis=1), 1, atol=1e-5) and not w[n].any()
+    assert separation(emb) < 0.1 and separation(w) > 0.3
+    rot, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    scaled = emb @ rot * rng.uniform(0.5, 2, (n + 1, 1))
+    assert np.allclose(w @ w.T, whiten(scaled, 0.0) @ whiten(scaled, 0.0).T, atol=1e-4)
+    # eps keeps some of the original weighting: between raw and fully whitened
+    assert separation(emb) < separation(whiten(emb, 0.5)) < separation(w)
+    with pytest.raises(ValueError, match="eps"):
+        whiten(emb, -1.0)
+    with pytest.raises(ValueError, match="two items"):
+        whiten(np.zeros((3, 4)), 0.0)
+    # the CTR stage reads the feature set's embeddings whitened on its catalog; the yardstick stays one-hot
+    features = feature_set[1]
+    raw, white = (np.stack(content_catalog(features, "text", e)["embedding"]) for e in (None, 1e-3))
+    assert np.allclose(np.linalg.norm(white, axis=1), 1, atol=1e-5)
+    assert np.linalg.norm(white.mean(0)) < 0.1 < np.linalg.norm(raw.mean(0))  # centred on the catalog
+    top = np.linalg.svd(white - white.mean(0), compute_uv=False) ** 2
+    assert top[0] / top.sum() < 2 / len(top)  # no direction rules the cosines any more
+    # the gate's seed-free reading of an embedding reads the same vectors
+    from adflow.models.reference import content_table
+
+    _, rows = content_table(
+        pd.read_parquet(features / "tables" / "item_content.parquet"), "text_embedding", 1e-3
+    )
+    assert np.allclose(rows, white, atol=1e-5)
+    for e in (None, 1e-3):
+        yard = np.stack(content_catalog(features, "attributes", e)["embedding"])
+        assert np.allclose(yard, np.stack(content_catalog(features, "attributes")["embedding"]))
+
+
 def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path]) -> None:
     tmp, features = feature_set
     s1 = small_settings(tmp, "ctr_train.epochs=1")

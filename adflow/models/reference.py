@@ -13,8 +13,8 @@ attributes or no creatives it is still valid, just weaker. Fitted with the categ
 ["category"]`: what the ID path knows too) beside it, the difference is the content headroom: what the rest
 of the catalog's content, as the users' last clicks reveal their taste for it, is worth on this data. Given a
 content embedding instead of the attributes (`content=`), it reads the embedding's similarities of the target
-to the last clicks (mean, max, mean of the top 5 cosines): what that embedding's similarity structure buys a
-well-specified model, with no training-seed noise (the CTR models' comparisons of embeddings need a study).
+to the last clicks (mean, max, mean of the top 5 cosines; whitened as CiUBM reads them): what that
+embedding's similarity structure buys a well-specified model, with no training-seed noise (the CTR models' comparisons of embeddings need a study).
 Features are standardised; the fit is sklearn's.
 About forty weights need no more than `FIT_ROWS` rows: at full scale the fit reads a seeded sample and the
 features are built `CHUNK` rows at a time (a 10M-row split x 50 clicks of history would not fit in memory).
@@ -53,15 +53,24 @@ def attribute_codes(catalog: pd.DataFrame) -> dict[str, tuple[pd.Series, int]]:
     return out
 
 
-def content_table(content: pd.DataFrame, column: str) -> tuple[pd.Series, np.ndarray]:
+def content_table(
+    content: pd.DataFrame, column: str, whitening: float | None = None
+) -> tuple[pd.Series, np.ndarray]:
     """item_id -> row, and the rows: each item's vector less the catalog's mean, unit length (a cosine near 1
-    for every pair, as a contrastive model's can be, would leave the summaries nothing to tell apart); an item
-    without a vector gets zeros, so its similarities read 0. float32: a million items x 384 is 1.5 GB."""
+    for every pair, as a contrastive model's can be, would leave the summaries nothing to tell apart), or
+    with `whitening` (ctr_model.content_whitening) whitened on the catalog as CiUBM reads it; an item without
+    a vector gets zeros, so its similarities read 0. float32: a million items x 384 is 1.5 GB."""
+    from adflow.models.content import whiten
+
     vecs = [np.asarray(v, np.float32) for v in content[column]]
     dim = max((len(v) for v in vecs), default=0)
     have = np.array([len(v) == dim and dim > 0 for v in vecs])
     x = np.zeros((len(vecs), max(dim, 1)), np.float32)
-    if have.any():
+    if have.sum() >= 2 and whitening is not None:
+        w = whiten(np.stack([v for v, h in zip(vecs, have, strict=True) if h]), whitening)
+        x = np.zeros((len(vecs), w.shape[1]), np.float32)
+        x[have] = w
+    elif have.any():
         x[have] = np.stack([v for v, h in zip(vecs, have, strict=True) if h])
         x[have] -= x[have].mean(0)
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # rows without a vector stay 0

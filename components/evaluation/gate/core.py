@@ -120,7 +120,7 @@ def reference(
     if content.exists():
         table = pd.read_parquet(content)
         for col in (c for c in table.columns if c.endswith("_embedding")):
-            sims = content_table(table, col)
+            sims = content_table(table, col, settings.ctr_model.content_whitening)  # as CiUBM reads it
             ref = ReferenceModel.fit(train, catalog, seq_len, attributes=["category"], content=sims)
             out[col.removesuffix("_embedding")] = ref.predict(test)
     return out
@@ -325,7 +325,8 @@ def _reference_lines(d: GateDecision) -> list[str]:
         if sims:
             lines.append(
                 "What each content embedding's similarities (mean, max and top-5 cosine of the target to the "
-                "last clicks) buy the same regression over the category alone: "
+                "last clicks, in the embeddings as CiUBM reads them) buy the same regression over the "
+                "category alone: "
                 + "; ".join(sims)
                 + ". A fit, not a training run: no seed noise, unlike the CTR models' comparison of embeddings."
             )

@@ -65,10 +65,14 @@ def attribute_catalog(features_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame({"item_id": cat["item_id"], "category": cat["category"], "embedding": list(emb)})
 
 
-def content_catalog(features_dir: str | Path, embedding: str) -> pd.DataFrame:
+def content_catalog(features_dir: str | Path, embedding: str, whitening: float | None = None) -> pd.DataFrame:
     """item_id, category, embedding: the catalog's `embedding` vectors from the feature tables (unit length;
     "text_moon" joins MiniLM's and MOON's, each unit length, scaled so the whole is; "attributes" is
-    `attribute_catalog`)."""
+    `attribute_catalog`). `whitening` (ctr_model.content_whitening): each learnt embedding is whitened on
+    the catalog with that eps first (adflow/models/content.py); the attributes' one-hot never is (its cosine
+    is the share of attributes shared, which is what makes it a yardstick)."""
+    from adflow.models.content import whiten
+
     if embedding == "attributes":
         return attribute_catalog(features_dir)
     cat = pd.read_parquet(Path(features_dir) / "tables" / "item_content.parquet")
@@ -81,17 +85,21 @@ def content_catalog(features_dir: str | Path, embedding: str) -> pd.DataFrame:
                 "was the MOON stage skipped? (features.content_embedding / ctr_train.variants)"
             )
         emb = np.stack([np.asarray(e, np.float32) for e in cat[col]])
+        if whitening is not None:
+            emb = whiten(emb, whitening)
         parts.append(emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-9))
     joined = np.hstack(parts) / np.sqrt(len(parts))
     return pd.DataFrame({"item_id": cat["item_id"], "category": cat["category"], "embedding": list(joined)})
 
 
-def content_tables(features_dir: str | Path, enc: Any) -> dict[str, np.ndarray]:
+def content_tables(
+    features_dir: str | Path, enc: Any, whitening: float | None = None
+) -> dict[str, np.ndarray]:
     """{embedding: [1 + items, D] table in the encoder's row order} for every embedding the catalog has."""
     out = {}
     for name in EMBEDDINGS:
         try:
-            cat = content_catalog(features_dir, name)
+            cat = content_catalog(features_dir, name, whitening)
         except ValueError:
             continue
         emb = np.stack([np.asarray(e, np.float32) for e in cat["embedding"]])
@@ -118,17 +126,19 @@ def prepare(
     shuffle_labels: bool = False,
     seed: int = 0,
     content: str = "text",
+    whitening: float | None = None,
 ) -> Path:
-    """Fit the encoder on the training split and write the tensors every worker reads (npz per split)."""
+    """Fit the encoder on the training split and write the tensors every worker reads (npz per split);
+    `whitening`: ctr_model.content_whitening."""
     from adflow.models.ctr import FeatureEncoder
 
     src, out = Path(features_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frames = {s: pd.read_parquet(src / f"{s}.parquet") for s in SPLITS}
-    enc = FeatureEncoder.fit(frames["train"], content_catalog(src, content), seq_len)
+    enc = FeatureEncoder.fit(frames["train"], content_catalog(src, content, whitening), seq_len)
     # every embedding the catalog has, as content tables aligned with the encoder's rows: a variant that
     # reads another embedding than the default swaps its table in (the exchange rate's comparison)
-    np.savez(out / "content_tables.npz", allow_pickle=False, **content_tables(src, enc))
+    np.savez(out / "content_tables.npz", allow_pickle=False, **content_tables(src, enc, whitening))
     for s, df in frames.items():
         arrays = enc.transform(df)
         if shuffle_labels and s == "train":
@@ -318,6 +328,7 @@ def train(
         t.shuffle_labels,
         t.seed,
         settings.features.content_embedding,
+        settings.ctr_model.content_whitening,
     )
     with np.load(data / "content_tables.npz") as z:
         have = set(z.files)
@@ -419,10 +430,13 @@ def fit_in_process(
     src = Path(features_dir)
     torch.manual_seed(settings.ctr_train.seed)
     train = pd.read_parquet(src / "train.parquet")
+    whitening = settings.ctr_model.content_whitening
     enc = FeatureEncoder.fit(
-        train, content_catalog(src, settings.features.content_embedding), settings.features.seq_len
+        train, content_catalog(src, settings.features.content_embedding, whitening), settings.features.seq_len
     )
-    content = variant_content(variant, settings.features.content_embedding, content_tables(src, enc))
+    content = variant_content(
+        variant, settings.features.content_embedding, content_tables(src, enc, whitening)
+    )
     model = CTRModel(settings.ctr_model, variant, enc.sizes(), content)
     arrays = enc.transform(train)
     if flip_labels:
