@@ -110,7 +110,6 @@ def test_attribute_yardstick_cosine_is_the_share_of_attributes_shared(
     assert set(get_args(names)) == {"din", "ciubm"} | {f"ciubm_{e}" for e in EMBEDDINGS}
 
 
-@pytest.mark.slow
 def test_whitening_gives_a_collapsed_embedding_s_small_directions_their_say(
     feature_set: tuple[Path, Path],
 ) -> None:
@@ -164,6 +163,7 @@ def test_whitening_gives_a_collapsed_embedding_s_small_directions_their_say(
         assert np.allclose(yard, np.stack(content_catalog(features, "attributes")["embedding"]))
 
 
+@pytest.mark.slow
 def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path]) -> None:
     tmp, features = feature_set
     s1 = small_settings(tmp, "ctr_train.epochs=1")

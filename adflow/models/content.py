@@ -6,8 +6,8 @@ run's world the top five principal directions of MOON's 64-d catalog embeddings 
 the rest of what the embedding knows (colour within a category, style) moves them by little, so CiUBM's
 similarities of the target to the user's clicks carry little of it. Whitening on the catalog (centre, turn
 onto the principal directions, scale each to unit variance; BERT-whitening, Su et al. 2021) gives every
-direction its say. It is fitted once on the catalog the model is trained with and baked into the model's
-content table, so serving reads the same vectors; the embeddings in Feast stay as the encoder wrote them
+direction its say. It is fitted once on the feature set's catalog (content only: no click, no label reaches
+it) and baked into the model's content table, so serving reads the same vectors; the embeddings in Feast stay as the encoder wrote them
 (image search, MOON's own metric, needs them raw: whitening fitted on catalog products amplifies the
 directions in which a query photo differs from its product and loses recall).
 """

@@ -14,7 +14,8 @@ attributes or no creatives it is still valid, just weaker. Fitted with the categ
 of the catalog's content, as the users' last clicks reveal their taste for it, is worth on this data. Given a
 content embedding instead of the attributes (`content=`), it reads the embedding's similarities of the target
 to the last clicks (mean, max, mean of the top 5 cosines; whitened as CiUBM reads them): what that
-embedding's similarity structure buys a well-specified model, with no training-seed noise (the CTR models' comparisons of embeddings need a study).
+embedding's similarity structure buys a well-specified model, with no training-seed noise (the CTR models'
+comparisons of embeddings need a study).
 Features are standardised; the fit is sklearn's.
 About forty weights need no more than `FIT_ROWS` rows: at full scale the fit reads a seeded sample and the
 features are built `CHUNK` rows at a time (a 10M-row split x 50 clicks of history would not fit in memory).
