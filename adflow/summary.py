@@ -52,6 +52,7 @@ HEADLINE = {
         "lead_vs_din_cold_auc_lo",
         "lead_vs_din_cold_auc_hi",
         "champion_gauc",
+        "ciubm_text_auc",
         "ciubm_moon_auc",
         "ciubm_text_moon_auc",
         "exchange_rate_auc",

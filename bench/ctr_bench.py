@@ -28,7 +28,7 @@ from adflow.config import load_settings
 from adflow.data.world import generate
 from adflow.models.ctr import CTRModel
 from components.features.build.core import build
-from components.training.ctr.core import plain_epoch, prepare, train
+from components.training.ctr.core import plain_epoch, prepare, resolve_content, train
 
 OUT = Path(__file__).parent / "results"
 
@@ -99,6 +99,7 @@ def main() -> int:
         s = s.resolved()
         generate(s.world, tmp / "world")
         build(s, tmp / "world", tmp / "features")
+        s = resolve_content(s, tmp / "features")  # the candidate's embedding, as the CTR stage picks it
         # 1. Ray Train vs plain loop
         t0 = time.perf_counter()
         result = train(s, tmp / "features", tmp / "model")

@@ -23,6 +23,22 @@ def feature_set(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return tmp, tmp / "features"
 
 
+@pytest.fixture(scope="module")
+def moon_feature_set(feature_set: tuple[Path, Path]) -> Path:
+    """The feature set with a MOON vector for every item (random: what the CTR stage does with whatever
+    MOON wrote is under test, not MOON), as the MOON stage leaves it in Feast's item_content table."""
+    import shutil
+
+    tmp, features = feature_set
+    out = tmp / "features_moon"
+    shutil.copytree(features, out)
+    table = out / "tables" / "item_content.parquet"
+    items = pd.read_parquet(table)
+    items["moon_embedding"] = list(np.random.default_rng(0).normal(size=(len(items), 8)).astype(np.float32))
+    items.to_parquet(table, index=False)
+    return out
+
+
 def _encoder(features: Path) -> tuple[FeatureEncoder, dict[str, pd.DataFrame]]:
     frames = {s: pd.read_parquet(features / f"{s}.parquet") for s in ("train", "test")}
     catalog = pd.read_parquet(features / "tables" / "item_content.parquet").rename(
@@ -163,17 +179,53 @@ def test_whitening_gives_a_collapsed_embedding_s_small_directions_their_say(
         assert np.allclose(yard, np.stack(content_catalog(features, "attributes")["embedding"]))
 
 
-@pytest.mark.slow
-def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path]) -> None:
+def test_auto_content_reads_moon_when_every_item_has_it(
+    feature_set: tuple[Path, Path], moon_feature_set: Path, tmp_path: Path
+) -> None:
+    """features.content_embedding "auto": the candidate reads MOON's vectors when the feature set has one
+    for every item, MiniLM's otherwise (MOON stepped aside: no item images); a pinned name is kept."""
+    import shutil
+
+    from components.training.ctr.core import candidate_content, content_catalog, resolve_content
+
     tmp, features = feature_set
-    s1 = small_settings(tmp, "ctr_train.epochs=1")
+    s = small_settings(tmp)
+    assert s.features.content_embedding == "auto"
+    assert candidate_content(features, "auto") == "text"  # built without MOON: its column is empty
+    with pytest.raises(ValueError, match="no moon embedding"):
+        content_catalog(features, candidate_content(features, "moon"))
+    resolved = resolve_content(s, moon_feature_set)
+    assert resolved.features.content_embedding == "moon" and s.features.content_embedding == "auto"
+    assert candidate_content(moon_feature_set, "text") == "text"
+    assert resolve_content(resolved, moon_feature_set) is resolved
+    # one item without a MOON vector: not every item has one, so the text embedding
+    partial = tmp_path / "features"
+    shutil.copytree(moon_feature_set, partial)
+    table = partial / "tables" / "item_content.parquet"
+    items = pd.read_parquet(table)
+    items.at[0, "moon_embedding"] = np.zeros(0, np.float32)
+    items.to_parquet(table, index=False)
+    assert candidate_content(partial, "auto") == "text"
+
+
+@pytest.mark.slow
+def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path], moon_feature_set: Path) -> None:
+    # on a feature set with MOON vectors: the candidate reads them (features.content_embedding auto), and
+    # ciubm_moon, the same model on the same table, trains once, as ciubm
+    tmp, features = feature_set[0], moon_feature_set
+    s1 = small_settings(tmp, "ctr_train.epochs=1", "ctr_train.variants=[din, ciubm, ciubm_moon]")
     first = train(s1, features, tmp / "m1")
     assert first.epochs_run == [0] and first.checkpoint
     h = first.history[0]
     assert {"ciubm_val_auc", "din_val_auc", "ciubm_train_loss", "din_train_loss"} <= set(h)
     # resumed in a cluster's layout: the step folder is private to its pod, so what the Ray workers read and
     # write (tensors, Ray Train storage, history) goes to the workspace volume, and the results come back
-    s2 = small_settings(tmp, "ctr_train.epochs=3", "placement.workspace_pvc=adflow-workspace")
+    s2 = small_settings(
+        tmp,
+        "ctr_train.epochs=3",
+        "ctr_train.variants=[din, ciubm, ciubm_moon]",
+        "placement.workspace_pvc=adflow-workspace",
+    )
     resumed = train(s2, features, tmp / "m2", resume_from=first.checkpoint)
     assert resumed.epochs_run == [1, 2]  # continues after the last completed epoch
     on_volume = Path(s2.placement.workspace) / "steps" / (tmp / "m2").resolve().relative_to("/")
@@ -184,6 +236,10 @@ def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path]) -> None:
     a = torch.load(Path(first.model_dir) / "ciubm.pt", weights_only=False)
     b = torch.load(Path(resumed.model_dir) / "ciubm.pt", weights_only=False)
     assert isinstance(b, CTRPredictor)
+    from components.training.ctr.core import content_catalog
+
+    moon = np.stack(content_catalog(features, "moon", s2.ctr_model.content_whitening)["embedding"])
+    assert b.encoder.content.shape[1] == moon.shape[1] == 8  # MOON's table (MiniLM's is 384 wide)
     diff = [
         not torch.equal(x, y)
         for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)

@@ -26,7 +26,7 @@ import pandas as pd
 from adflow.config import GateConfig, Settings
 from adflow.metrics import calibration, ctr_report, paired_auc_diff
 from adflow.progress import log
-from components.training.ctr.core import model_paths
+from components.training.ctr.core import model_paths, resolve_content
 
 STAGE = "gate"
 
@@ -44,6 +44,7 @@ class GateDecision:
     versus: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     # MOON's exchange rate: CTR-model gain per image-search recall gain (MOON vs the baseline encoder)
     exchange: dict[str, float] = field(default_factory=dict)
+    content: str = ""  # the content embedding the candidate reads (features.content_embedding, resolved)
     report_md: str = ""
     report_html: str = ""
 
@@ -342,7 +343,8 @@ def write_report(out: Path, d: GateDecision, plots: list[str], test_rows: int) -
             f"**Reason:** {d.reason}",
             "",
             f"Held-out test split: {test_rows} impressions. Champion: "
-            + (f"version {d.champion_version}" if d.champion_version else "none"),
+            + (f"version {d.champion_version}" if d.champion_version else "none")
+            + (f". The candidate reads the {d.content} content embedding." if d.content else ""),
             "",
             _table_md(d.models),
             "",
@@ -369,7 +371,7 @@ def write_report(out: Path, d: GateDecision, plots: list[str], test_rows: int) -
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}h1{{color:{colour}}}</style></head><body>
 <h1>Gate: {verdict}</h1><p><b>Reason:</b> {html.escape(d.reason)}</p>
-<p>Held-out test split: {test_rows} impressions. Champion: {f"version {d.champion_version}" if d.champion_version else "none"}.</p>
+<p>Held-out test split: {test_rows} impressions. Champion: {f"version {d.champion_version}" if d.champion_version else "none"}.{f" The candidate reads the {d.content} content embedding." if d.content else ""}</p>
 <table><tr><th>model</th>{"".join(f"<th>{c}</th>" for c in COLUMNS)}</tr>{rows}</table>
 {"".join(f"<p>{html.escape(line)}</p>" for line in _versus_lines(d) + _reference_lines(d) + _exchange_lines(d))}
 {"".join(f'<p><img src="{p}" style="max-width:100%"></p>' for p in plots)}</body></html>"""
@@ -391,6 +393,7 @@ def evaluate(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    settings = resolve_content(settings, features_dir)  # what "ciubm" read in the CTR stage
     test = pd.read_parquet(Path(features_dir) / "test.parquet")
     paths = model_paths(model_dir)
     cand_name = settings.registry.candidate_variant
@@ -438,6 +441,7 @@ def evaluate(
     passed, reason = decide(settings.gate, cand, champ)
     d = GateDecision(passed, reason, settings.gate.metric, cand, champ, champ_version, models, versus)
     d.exchange = exchange_rate(features_dir, settings, models)
+    d.content = settings.features.content_embedding
     write_report(out, d, _plots(out, test["click"].to_numpy(), preds), len(test))
     (out / "decision.json").write_text(json.dumps(asdict(d), indent=2, default=float))
     log(STAGE, f"{'PASSED' if passed else 'REJECTED'}: {reason}")

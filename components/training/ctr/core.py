@@ -92,6 +92,28 @@ def content_catalog(features_dir: str | Path, embedding: str, whitening: float |
     return pd.DataFrame({"item_id": cat["item_id"], "category": cat["category"], "embedding": list(joined)})
 
 
+def candidate_content(features_dir: str | Path, configured: str) -> str:
+    """The embedding the candidate ("ciubm") reads on this feature set: `configured` unless it is "auto",
+    which is MOON's when every catalog item has a MOON vector (the MOON stage embedded the catalog from its
+    images) and MiniLM's text embedding otherwise (a data set without item images: MOON stepped aside)."""
+    if configured != "auto":
+        return configured
+    cat = pd.read_parquet(Path(features_dir) / "tables" / "item_content.parquet", columns=["moon_embedding"])
+    has_moon = len(cat) > 0 and all(len(e) > 0 for e in cat["moon_embedding"])
+    return "moon" if has_moon else "text"
+
+
+def resolve_content(settings: Settings, features_dir: str | Path) -> Settings:
+    """`settings` with features.content_embedding made concrete for this feature set (`candidate_content`):
+    training, the gate, studies and benches then read one name, and "ciubm" means the same table in each."""
+    name = candidate_content(features_dir, settings.features.content_embedding)
+    if name == settings.features.content_embedding:
+        return settings
+    out = settings.model_copy(deep=True)
+    out.features.content_embedding = name  # type: ignore[assignment]
+    return out
+
+
 def content_tables(
     features_dir: str | Path, enc: Any, whitening: float | None = None
 ) -> dict[str, np.ndarray]:
@@ -135,7 +157,9 @@ def prepare(
     src, out = Path(features_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frames = {s: pd.read_parquet(src / f"{s}.parquet") for s in SPLITS}
-    enc = FeatureEncoder.fit(frames["train"], content_catalog(src, content, whitening), seq_len)
+    enc = FeatureEncoder.fit(
+        frames["train"], content_catalog(src, candidate_content(src, content), whitening), seq_len
+    )
     # every embedding the catalog has, as content tables aligned with the encoder's rows: a variant that
     # reads another embedding than the default swaps its table in (the exchange rate's comparison)
     np.savez(out / "content_tables.npz", allow_pickle=False, **content_tables(src, enc, whitening))
@@ -317,6 +341,15 @@ def train(
     settings: Settings, features_dir: str | Path, model_dir: str | Path, resume_from: str | None = None
 ) -> TrainResult:
     t0 = time.perf_counter()
+    configured = settings.features.content_embedding
+    settings = resolve_content(settings, features_dir)
+    cand = settings.features.content_embedding
+    log(STAGE, f"the candidate (ciubm) reads the {cand} embedding (features.content_embedding: {configured})")
+    if {"ciubm", f"ciubm_{cand}"} <= set(settings.ctr_train.variants):
+        # the same model on the same table and batches as the candidate: trained once, as "ciubm"
+        settings = settings.model_copy(deep=True)
+        settings.ctr_train.variants = [v for v in settings.ctr_train.variants if v != f"ciubm_{cand}"]
+        log(STAGE, f"ciubm_{cand} is the candidate itself here: trained once, as ciubm")
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = shared(settings.placement, out)  # what the Ray workers read and write (adflow/workspace.py)
@@ -428,6 +461,7 @@ def fit_in_process(
     from adflow.models.ctr import CTRModel, CTRPredictor, FeatureEncoder
 
     src = Path(features_dir)
+    settings = resolve_content(settings, src)
     torch.manual_seed(settings.ctr_train.seed)
     train = pd.read_parquet(src / "train.parquet")
     whitening = settings.ctr_model.content_whitening
