@@ -228,6 +228,7 @@ def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path], moon_featur
     )
     resumed = train(s2, features, tmp / "m2", resume_from=first.checkpoint)
     assert resumed.epochs_run == [1, 2]  # continues after the last completed epoch
+    assert first.content == resumed.content == "moon"
     on_volume = Path(s2.placement.workspace) / "steps" / (tmp / "m2").resolve().relative_to("/")
     assert Path(resumed.checkpoint).is_relative_to(on_volume / "ray")
     assert (on_volume / "tensors" / "train.npz").exists() and not (tmp / "m2" / "tensors").exists()

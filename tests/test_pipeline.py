@@ -142,6 +142,8 @@ def test_synth_run_end_to_end(tmp_path: Path) -> None:
         n for n, x in stages.items() if x.status != "skipped"
     )
     assert parent.info.status == "FINISHED"
+    ctr_run = next(r for r in children if r.data.tags["adflow.stage"] == "train_ctr")
+    assert ctr_run.data.params["candidate_content"] == "text"  # pinned above; what auto resolves to is logged
     # the first model ever passes on the floor and is registered: challenger and (bootstrap) champion
     assert stages["gate"].metrics["passed"] == 1 and stages["gate"].note.startswith("PASSED: no champion yet")
     assert stages["register"].status == "succeeded"

@@ -38,6 +38,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: str | None = None
     seconds: float = 0.0
+    content: str = ""  # the embedding the candidate read (features.content_embedding, "auto" resolved)
 
 
 # what CiUBM can read: an item_content column <name>_embedding, "text_moon" (both side by side), or
@@ -389,7 +390,7 @@ def train(
     publish(work, out, ["history.jsonl"])
     epochs = sorted({int(h["epoch"]) for h in history})
     log(STAGE, f"trained {', '.join(paths)} for epochs {epochs} in {time.perf_counter() - t0:.1f}s")
-    return TrainResult(str(out), epochs, history, ckpt_path, time.perf_counter() - t0)
+    return TrainResult(str(out), epochs, history, ckpt_path, time.perf_counter() - t0, cand)
 
 
 def _curves(history: list[dict[str, float]], out: Path, variants: list[str]) -> Path:
@@ -431,6 +432,7 @@ def run(
             }
         )
         result = train(s, features_dir, model_dir)
+        sr.params({"candidate_content": result.content})  # what "auto" resolved to on this feature set
         for h in result.history:
             sr.metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]))
         last = result.history[-1] if result.history else {}
