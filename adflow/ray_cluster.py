@@ -57,7 +57,15 @@ def _ray_start(args: list[str], num_cpus: int | None, ready: str, timeout_s: flo
     import threading
     import time
 
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # no drain on SIGTERM: Ray 2.60 first drains the node for up to 30 s, waiting for every worker lease to be
+    # returned (meant for Serve replicas on a pod being replaced). A finished run's node waited out ~10 s of it,
+    # with the stop falling back to killing its processes; our node is stopped only when its work is done.
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
     cmd = [_ray_bin(), "start", "--block", "--disable-usage-stats", *args]
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")

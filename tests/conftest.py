@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -80,6 +81,31 @@ def world_copy(small_world: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "dataset"
     shutil.copytree(small_world, dst)
     return dst
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Every file under `folder` and its sha256: to show a failed step wrote nothing there."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def accepted_workspace(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace where the validation stage accepted a clean dataset (its profile is the drift reference).
+    The stage's own function, not a whole pipeline run: everything after validation is tested elsewhere.
+    One per test module that asks for it; the corrupted datasets' tests check it is left untouched."""
+    from components.validation.validate.core import validate_dataset
+
+    root = tmp_path_factory.mktemp("accepted")
+    clean = root / "clean"
+    shutil.copytree(small_world, clean)
+    s = small_settings(root, "data.source=dataset", f"data.path={clean}")
+    report = validate_dataset(clean, s.validation, root / "docs", s.placement.workspace)
+    assert report.success and report.accepted_dir
+    return root
 
 
 # ---------------------------------------------------------------- the web console

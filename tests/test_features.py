@@ -113,6 +113,25 @@ def test_rows_sharing_user_and_time_are_all_kept(built: tuple[Path, Path, object
     assert all(list(h) == [11, 10] for h in out["hist_item_ids"])
 
 
+def test_item_stats_start_at_the_first_impression(built: tuple[Path, Path, object]) -> None:
+    """The items launched 60 days before the first impression: one row each stands for those days (no counts,
+    the prior's CTR), then one a day while impressions run. Not a row a day since launch: a catalog's launch
+    dates can go back decades (MovieLens)."""
+    _, tables, fs = built
+    stats = pd.read_parquet(tables / "item_stats.parquet")
+    days = sorted(stats["event_timestamp"].unique())
+    # t0 (a day before the launches), then the impressions' two days and the day after the last
+    assert len(days) == 4 and days[0] < _ts(-60 * 24) and days[1] == T0.floor("D")
+    assert len(stats) == 3 * 4
+    # a lookup between launch and the first impression reads the t0 row: nothing counted, the prior's CTR
+    ent = pd.DataFrame({"impression_id": [1, 2], "user_id": [1, 1], "item_id": [10, 11]})
+    ent["event_timestamp"] = [_ts(-30 * 24), T0.floor("D") + pd.Timedelta(minutes=1)]
+    out = F.historical(fs, ent, tables).set_index("impression_id")
+    assert (out["impressions_to_date"] == 0).all() and (out["clicks_to_date"] == 0).all()
+    assert out.at[1, "ctr_smoothed"] == pytest.approx(out.at[2, "ctr_smoothed"])
+    assert out.at[1, "ctr_smoothed"] == pytest.approx(1 / 10)  # the global prior before any impression
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

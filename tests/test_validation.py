@@ -1,6 +1,7 @@
-"""The validation core on clean and imported data; corruptions through the pipeline are in test_pipeline.py."""
+"""The validation core on clean, imported and corrupted data; one corruption through the pipeline is in test_pipeline.py."""
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ from adflow.contract import ContractError
 from adflow.data.importers import import_catalog, import_movielens, import_taobao
 from components.validation.validate.core import DataValidationError, accepted_dir, validate_dataset
 
+from .conftest import digest, small_settings
 from .test_importers import CATALOG, TAOBAO, U_DATA, U_ITEM, _images, _ml, _write
 
 
@@ -66,3 +68,96 @@ def test_imported_datasets_validate(tmp_path: Path) -> None:
 def test_not_a_dataset(tmp_path: Path) -> None:
     with pytest.raises(ContractError, match=r"dataset\.json"):
         validate_dataset(tmp_path, ValidationConfig(), tmp_path / "docs", tmp_path / "ws")
+
+
+# ---- corruptions: each table broken in its own way; each caught by the right check; nothing accepted changes.
+# One of them also goes through the whole pipeline (test_pipeline.py): validation stops the run there.
+
+
+def _nulls_in_keys(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "users.parquet")
+    df["user_id"] = df["user_id"].astype("Int64")
+    df.loc[[3, 7], "user_id"] = pd.NA
+    df.to_parquet(d / "users.parquet", index=False)
+    return "users", "nulls", "user_id"
+
+
+def _prices(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "items.parquet")
+    df.loc[0, "price"] = -4.0
+    df.loc[1, "price"] = 5e6
+    df.to_parquet(d / "items.parquet", index=False)
+    return "items", "range", "price"
+
+
+def _unknown_items(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "impressions.parquet")
+    df.loc[df.index[:5], "item_id"] = 987654
+    df.to_parquet(d / "impressions.parquet", index=False)
+    return "impressions", "referential integrity -> items.item_id", "item_id"
+
+
+def _duplicate_keys(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "creatives.parquet")
+    df.loc[1, "creative_id"] = df.loc[0, "creative_id"]
+    df.to_parquet(d / "creatives.parquet", index=False)
+    return "creatives", "key uniqueness", "creative_id"
+
+
+def _dropped_column(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "behaviour.parquet").drop(columns=["event_type"])
+    df.to_parquet(d / "behaviour.parquet", index=False)
+    return "behaviour", "schema: columns", None
+
+
+def _shifted_click_rate(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "impressions.parquet")
+    rate = df["click"].mean()
+    flip = df.index[df["click"] == 0][
+        : int(0.8 * rate * len(df))
+    ]  # ~1.8x the clicks: inside the absolute bounds
+    df.loc[flip, "click"] = 1
+    assert df["click"].mean() < 0.30
+    df.to_parquet(d / "impressions.parquet", index=False)
+    return "impressions", "drift: label rate", "click"
+
+
+def _future_queries(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "queries.parquet")
+    df.loc[0, "ts"] = pd.Timestamp("2100-01-01", tz="UTC")
+    df.to_parquet(d / "queries.parquet", index=False)
+    return "queries", "timestamp sanity", "ts"
+
+
+def _bad_pair_label(d: Path) -> tuple[str, str, str | None]:
+    df = pd.read_parquet(d / "creative_pairs.parquet")
+    df.loc[0, "label"] = "C"
+    df.to_parquet(d / "creative_pairs.parquet", index=False)
+    return "creative_pairs", "allowed values", "label"
+
+
+CORRUPTIONS: list[Callable[[Path], tuple[str, str, str | None]]] = [
+    _nulls_in_keys, _prices, _unknown_items, _duplicate_keys, _dropped_column, _shifted_click_rate, _future_queries, _bad_pair_label,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
+def test_corruption_is_caught_by_the_right_check(
+    corrupt: Callable[[Path], tuple[str, str, str | None]],
+    accepted_workspace: Path,
+    world_copy: Path,
+    tmp_path: Path,
+) -> None:
+    table, check, column = corrupt(world_copy)
+    accepted = accepted_workspace / "ws" / "accepted"
+    before = digest(accepted)
+    s = small_settings(accepted_workspace, "data.source=dataset", f"data.path={world_copy}")
+    with pytest.raises(DataValidationError) as e:
+        validate_dataset(world_copy, s.validation, tmp_path / "docs", s.placement.workspace)
+    rep = e.value.report
+    expected = f"{table}.{column}: {check}" if column else f"{table}: {check}"
+    assert any(f.line().startswith(expected) for f in rep.failures), [f.line() for f in rep.failures]
+    assert expected in str(e.value) and f"report: {rep.docs_index}" in str(e.value)  # names it and the report
+    assert Path(rep.docs_index).is_file() and rep.accepted_dir is None
+    assert rep.reference_used  # the accepted profile was the drift reference
+    assert digest(accepted) == before  # earlier accepted outputs are untouched
