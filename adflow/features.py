@@ -2,8 +2,9 @@
 
 - user_behaviour: one row per user at the start (empty) and one after each of their sequence events (clicks;
   views for Taobao; ratings >= 4 for MovieLens): the last N items, their times and categories, click counts,
-  category affinity. An impression at time t reads the latest row at or before t, so its own click (logged
-  after it) can never leak into its features.
+  category affinity (counts per clicked category, named). Each row is stamped just after its event, and an impression at time t reads the latest
+  row stamped at or before t: only events strictly before t reach its features, so neither its own click
+  (logged after it) nor an event logged at its own instant (a MovieLens rating is both) can leak.
 - item_stats: daily snapshots of each item's impressions, clicks and smoothed CTR from impressions *before*
   that day.
 - item_content: the text embedding of title, category and attributes, and MOON's image + title embedding
@@ -28,6 +29,11 @@ from adflow.progress import Progress, log
 
 STAGE = "features"
 REPO = Path(__file__).resolve().parents[1] / "feature_store"
+
+
+# how long after an event its user_behaviour row is stamped: later than the event's own instant, earlier than
+# anything the contract's timestamps can tell from it (they are whole seconds; see build_tables)
+AFTER = pd.Timedelta(microseconds=1)
 
 
 class FeatureJoinError(RuntimeError):
@@ -76,6 +82,7 @@ def build_tables(
             "clicks_7d",
             "clicks_total",
             "category_affinity",
+            "affinity_categories",
         )
     }
 
@@ -90,7 +97,11 @@ def build_tables(
         rows["clicks_1d"].append(sum(1 for t in recent if now - t < 86400))
         rows["clicks_7d"].append(len(recent))
         rows["clicks_total"].append(total)
-        rows["category_affinity"].append(list(aff))
+        # by name, the clicked categories only: positions in this catalog's category list would be misread by
+        # a model trained on another catalog's (the champion in the gate, or in serving after a new run)
+        clicked = [k for k, v in enumerate(aff) if v]
+        rows["category_affinity"].append([aff[k] for k in clicked])
+        rows["affinity_categories"].append([categories[k] for k in clicked])
 
     by_user = {uid: g for uid, g in seq.groupby("user_id", sort=True)}
     prog = Progress(STAGE, "user behaviour", len(users))
@@ -101,7 +112,8 @@ def build_tables(
         emit(int(uid), t0, hist, times, 0, aff)
         g = by_user.get(uid)
         if g is not None:
-            for k, (item, ts) in enumerate(zip(g["item_id"].to_numpy(), g["ts"], strict=True), start=1):
+            stamps = list(g["ts"])
+            for k, (item, ts) in enumerate(zip(g["item_id"].to_numpy(), stamps, strict=True), start=1):
                 sec = int(ts.value // 10**9)
                 cat = item_cat.get(int(item), "")
                 hist.append((int(item), sec, cat))
@@ -110,7 +122,12 @@ def build_tables(
                     times.popleft()
                 if cat in cat_idx:
                     aff[cat_idx[cat]] += 1
-                emit(int(uid), ts, hist, times, k, aff)
+                # one row per instant, after its last event (Feast's join and the online store each pick one
+                # row per timestamp: several rows at one instant made them disagree), stamped just after it:
+                # Feast joins rows at or before an impression's time, and an event logged at the impression's
+                # own instant (a MovieLens rating is its impression and its label) must not reach it
+                if k == len(stamps) or stamps[k] != ts:
+                    emit(int(uid), ts + AFTER, hist, times, k, aff)
         prog.advance()
     user_behaviour = pd.DataFrame(rows)
     user_behaviour["snapshot_id"] = np.arange(len(user_behaviour), dtype=np.int64)
@@ -251,6 +268,17 @@ def apply(fs: Any, tables_dir: str | Path) -> None:
 
 
 def materialize(fs: Any, tables_dir: str | Path) -> None:
+    """Replace what the online store holds with the latest row of each entity in `tables_dir`.
+
+    Feast's Redis writer keeps a stored value unless the new row is strictly newer, where SQLite's
+    overwrites: a later run's rows stamped at the same or an earlier time (the static views at t0: a
+    retrained MOON's embeddings, a new segment; a world regenerated from the same start date) would never
+    reach Redis, and serving would read the old run's features beside the new model. So Redis's values for
+    these views are deleted first (serving reads them as missing until the write is done)."""
+    online = fs._get_provider().online_store
+    if type(online).__name__ == "RedisOnlineStore":
+        for view in fs.list_feature_views():
+            online.delete_table(fs.config, view)
     ts = pd.concat(
         [
             pd.read_parquet(Path(tables_dir) / f"{v}.parquet", columns=["event_timestamp"])

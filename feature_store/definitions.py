@@ -32,7 +32,12 @@ VIEWS: dict[str, tuple[Entity, str, list[Field]]] = {
             Field(
                 name="category_affinity",
                 dtype=Array(Int64),
-                description="click counts per category (catalog order)",
+                description="click counts per clicked category, in affinity_categories' order",
+            ),
+            Field(
+                name="affinity_categories",
+                dtype=Array(String),
+                description="the categories category_affinity counts (named: a later catalog's categories differ)",
             ),
             Field(name="snapshot_id", dtype=Int64, description="row id of this state (see SNAPSHOT_KEYS)"),
         ],

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adflow.config import CTRModelConfig
-from adflow.models.ctr import OOV, CTRModel, CTRPredictor, FeatureEncoder, to_tensors
+from adflow.models.ctr import DENSE, OOV, CTRModel, CTRPredictor, FeatureEncoder, to_tensors
 from components.features.build.core import build
 from components.training.ctr.core import train
 
@@ -62,6 +62,32 @@ def test_encoder_and_models(feature_set: tuple[Path, Path]) -> None:
         assert out.shape == (64,) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="content"):
         CTRModel(CTRModelConfig(), "ciubm", enc.sizes(), None)
+
+
+def test_category_share_is_read_by_name(feature_set: tuple[Path, Path]) -> None:
+    """The target's share of a user's clicks comes from counts named by category: a feature set whose catalog
+    has other categories (a champion scoring a later run's features, or serving them) reads the same share."""
+    enc, frames = _encoder(feature_set[1])
+    share = DENSE.index("target_category_share")
+    row = frames["test"].iloc[[0]].copy()
+    target = enc.item_category[int(row["item_id"].iloc[0])]
+    other = next(c for c in enc.affinity_order if c != target)
+    row["category_affinity"] = [[3, 1]]
+    row["affinity_categories"] = [[other, target]]
+    assert enc.transform(row)["dense"][0, share] == pytest.approx(0.25)
+    row["affinity_categories"] = [["a new category", other, target]]  # a later catalog's
+    row["category_affinity"] = [[4, 3, 1]]
+    assert enc.transform(row)["dense"][0, share] == pytest.approx(1 / 8)
+    row["affinity_categories"] = [[other]]  # no click in the target's category
+    row["category_affinity"] = [[2]]
+    assert enc.transform(row)["dense"][0, share] == 0.0
+    # every feature set this code writes names its counts
+    assert all(
+        len(a) == len(c)
+        for a, c in zip(
+            frames["train"]["category_affinity"], frames["train"]["affinity_categories"], strict=True
+        )
+    )
 
 
 def test_content_path_tells_cold_items_apart(feature_set: tuple[Path, Path]) -> None:

@@ -22,7 +22,9 @@ def _ts(minutes: float) -> pd.Timestamp:
 
 
 def _hand_built(root: Path) -> Path:
-    """User 1 clicks item 10 at +0; item 11 is shown at +60 and clicked at +61 (its own click); item 12 at +120."""
+    """User 1 clicks item 10 at +0; item 11 is shown at +60 and clicked at +61 (its own click); item 12 at +120.
+    User 2 is shown item 12 at +60 and rates it at that very instant (MovieLens logs a rating as its
+    impression and its label at one time), clicking item 10 at the same instant; item 11 the next day."""
     root.mkdir(parents=True)
     items = pd.DataFrame(
         {
@@ -36,23 +38,24 @@ def _hand_built(root: Path) -> Path:
     )
     imps = pd.DataFrame(
         {
-            "impression_id": [1, 2, 3, 4, 5],
-            "ts": [_ts(-1), _ts(60), _ts(60), _ts(120), _ts(60 * 24 + 5)],
-            "user_id": [1, 1, 2, 1, 1],
-            "item_id": [10, 11, 12, 12, 11],
-            "creative_id": [10, 11, 12, 12, 11],
-            "session_id": [1, 2, 3, 4, 5],
-            "position": [1, 1, 1, 1, 1],
-            "click": [1, 1, 0, 0, 0],
+            "impression_id": [1, 2, 3, 4, 5, 6],
+            "ts": [_ts(-1), _ts(60), _ts(60), _ts(120), _ts(60 * 24 + 5), _ts(60 * 24 + 6)],
+            "user_id": [1, 1, 2, 1, 1, 2],
+            "item_id": [10, 11, 12, 12, 11, 11],
+            "creative_id": [10, 11, 12, 12, 11, 11],
+            "session_id": [1, 2, 3, 4, 5, 6],
+            "position": [1, 1, 1, 1, 1, 1],
+            "click": [1, 1, 1, 0, 0, 0],
         }
     )
     beh = pd.DataFrame(
         {
-            "event_id": [1, 2],
-            "ts": [_ts(0), _ts(61)],
-            "user_id": [1, 1],
-            "item_id": [10, 11],
-            "event_type": ["click", "click"],
+            "event_id": [1, 2, 3, 4],
+            "ts": [_ts(0), _ts(61), _ts(60), _ts(60)],
+            "user_id": [1, 1, 2, 2],
+            "item_id": [10, 11, 12, 10],
+            "event_type": ["click", "click", "rate", "click"],
+            "value": [None, None, 5.0, None],
         }
     )
     write_table(root, "items", items)
@@ -78,14 +81,20 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]
 def test_no_leakage_point_in_time(built: tuple[Path, Path, object]) -> None:
     data, tables, fs = built
     frame = F.training_frame(fs, data, tables).set_index("impression_id")
-    assert len(frame) == 5
+    assert len(frame) == 6
     assert list(frame.at[1, "hist_item_ids"]) == []  # before any click
     # impression 2 (item 11 at +60) is clicked at +61: that click must not be in its own features
     assert list(frame.at[2, "hist_item_ids"]) == [10]
     assert frame.at[2, "clicks_total"] == 1
     assert list(frame.at[4, "hist_item_ids"]) == [11, 10]  # later impressions see it, newest first
     assert frame.at[4, "clicks_total"] == 2
-    assert list(frame.at[3, "hist_item_ids"]) == []  # another user's clicks never show
+    # impression 3 is rated (its label) at its own instant: events at that instant do not reach it either
+    assert list(frame.at[3, "hist_item_ids"]) == [] and frame.at[3, "clicks_total"] == 0
+    assert list(frame.at[6, "hist_item_ids"]) == [10, 12]  # a later one sees both, in the log's order
+    assert frame.at[6, "clicks_total"] == 2
+    # one row per user per instant: the start, then after each instant with events
+    rows = pd.read_parquet(tables / "user_behaviour.parquet").groupby("user_id").size()
+    assert rows.to_dict() == {1: 3, 2: 2}
     # item stats are as of the start of the day: the same day's clicks are not visible yet
     assert frame.at[2, "impressions_to_date"] == 0 and frame.at[4, "impressions_to_date"] == 0
     assert frame.at[5, "impressions_to_date"] == 1 and frame.at[5, "clicks_to_date"] == 1  # next day: item 11
@@ -186,6 +195,7 @@ def test_redis_online_store_serves_what_sqlite_serves(
     got_r = F.online(redis_fs, [1, 2, 99], [10, 11])
     got_s = F.online(sqlite_fs, [1, 2, 99], [10, 11])
     assert list(got_r[0]["hist_item_ids"][0]) == [11, 10]  # the latest state
+    assert list(got_r[0]["hist_item_ids"][1]) == [10, 12]  # both events of one instant, as offline
     assert got_r[0]["hist_item_ids"][2] is None  # an unknown user reads as missing
     for r, q in zip(got_r, got_s, strict=True):
         for key in r:
@@ -195,6 +205,34 @@ def test_redis_online_store_serves_what_sqlite_serves(
                 assert [list(x) if isinstance(x, list | np.ndarray) else x for x in r[key]] == [
                     list(x) if isinstance(x, list | np.ndarray) else x for x in q[key]
                 ], key
+
+
+def test_redis_takes_a_later_runs_features_at_the_same_time(
+    built: tuple[Path, Path, object], redis_url: str, tmp_path: Path
+) -> None:
+    """Redis keeps a stored value unless the new row is newer: a retrained MOON's embeddings or a new segment,
+    stamped at the same t0 as the last run's, must still replace them."""
+    _, tables, _ = built
+    s = load_settings(
+        "tiny", "cluster", [f"placement.workspace={tmp_path / 'ws'}", f"placement.redis_url={redis_url}"]
+    )
+    fs = F.store(s.placement)
+    F.apply(fs, tables)
+    F.materialize(fs, tables)
+    later = tmp_path / "later"
+    shutil.copytree(tables, later)
+    profile = pd.read_parquet(later / "user_profile.parquet")
+    profile["segment"] = "trend_seeker"  # same timestamps, new values
+    profile.to_parquet(later / "user_profile.parquet", index=False)
+    content = pd.read_parquet(later / "item_content.parquet")
+    content["text_embedding"] = [np.full(384, 0.5, np.float32)] * len(content)
+    content.to_parquet(later / "item_content.parquet", index=False)
+    F.apply(fs, later)
+    F.materialize(fs, later)
+    users, items = F.online(fs, [1, 2], [10])
+    assert users["segment"] == ["trend_seeker", "trend_seeker"]
+    assert np.allclose(np.asarray(items["text_embedding"][0]), 0.5)
+    assert list(users["hist_item_ids"][0]) == [11, 10]  # the views left as they were are all still there
 
 
 def test_cluster_store_needs_a_redis_address(tmp_path: Path) -> None:

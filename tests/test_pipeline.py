@@ -191,9 +191,12 @@ def test_import_branch_runs_instead_of_synth(small_world: Path, tmp_path: Path) 
     assert "ciubm_moon_auc" not in stages["gate"].metrics and "ciubm_auc" in stages["gate"].metrics
     # (features.content_embedding auto: the candidate reads MiniLM; ciubm_text, the same model, trained once)
     assert "ciubm_text_auc" not in stages["gate"].metrics
-    # the reference reads whatever attributes the catalog has (genre sets, release dates; no segments, creatives)
-    # (0.86 on this data, the same every run: the fit is seeded; the floor asks for clearly better than chance)
-    assert 0.65 < stages["gate"].metrics["reference_auc"] < 1
+    # the reference reads whatever attributes the catalog has (genre sets, release dates; the format has no
+    # positions, segments or creatives): near chance on this small export (0.52, seeded). A rating is its
+    # impression's label, logged at the impression's instant: while that leaked into its own features, the
+    # reference read 0.86 and CiUBM's GAUC 1.0 here. A near-perfect score on this data means a leak.
+    gate = stages["gate"].metrics
+    assert 0 < gate["reference_auc"] < 0.75 and gate["ciubm_gauc"] < 0.9
     assert stages["synth"].status == "skipped" and stages["ingest"].status == "succeeded"
     assert stages["ingest"].metrics["rows_impressions"] == len((ml / "u.data").read_text().splitlines())
     assert stages["train_ctr"].status == "succeeded" and stages["gate"].status == "succeeded"

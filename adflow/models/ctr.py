@@ -118,14 +118,21 @@ class FeatureEncoder:
                 np.log1p(num("clicks_1d")), np.log1p(num("clicks_7d")), np.log1p(num("clicks_total")),
             ]
         ).astype(np.float32)  # fmt: skip
-        # the user's share of clicks in the target's category (Feast's category_affinity, catalog order)
+        # the user's share of clicks in the target's category (Feast's category_affinity). Counts come named
+        # (affinity_categories); features written before that held one count per category of their catalog,
+        # in sorted order, which `affinity_order` (the training catalog's) reads
+        names = frame["affinity_categories"] if "affinity_categories" in frame else [None] * n
         pos_of = {c: k for k, c in enumerate(self.affinity_order)}
         share = np.zeros(n, np.float32)
-        for r, (aff, item) in enumerate(zip(frame["category_affinity"], item_ids, strict=True)):
+        for r, (aff, cats, item) in enumerate(zip(frame["category_affinity"], names, item_ids, strict=True)):
             if aff is not None and len(aff):
-                k = pos_of.get(self.item_category.get(int(item), ""), -1)
+                target = self.item_category.get(int(item), "")
+                if cats is not None:
+                    k = next((j for j, c in enumerate(cats) if c == target), -1)
+                else:  # unnamed counts: only the old layout, one per category of the training catalog, reads
+                    k = pos_of.get(target, -1) if len(aff) == len(self.affinity_order) else -1
                 total = float(np.sum(aff))
-                share[r] = aff[k] / total if k >= 0 and k < len(aff) and total > 0 else 0.0
+                share[r] = aff[k] / total if 0 <= k < len(aff) and total > 0 else 0.0
         dense = np.column_stack([dense, share]).astype(np.float32)
         hours = (now // 3600) % 24
         return {
