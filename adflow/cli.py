@@ -95,8 +95,16 @@ def run(
     if run_id is not None and not _RUN_ID.fullmatch(run_id):
         typer.secho(f"error: run id {run_id!r}: letters, digits, '-' and '_' only", fg="red", err=True)
         raise typer.Exit(2)
+    settings = _settings(preset, placement, set_)
+    # runs/latest is the link to the newest run, and a run's folder holds one run: reusing either would
+    # overwrite an earlier run's summary (and point runs/latest at itself)
+    if run_id is not None and (
+        run_id == "latest" or (Path(settings.placement.runs_dir) / run_id / "summary.json").exists()
+    ):
+        typer.secho(f"error: run id {run_id!r} is taken: choose another", fg="red", err=True)
+        raise typer.Exit(2)
     cancel_on_sigterm()
-    summary = run_pipeline(_settings(preset, placement, set_), pipeline, run_id=run_id)
+    summary = run_pipeline(settings, pipeline, run_id=run_id)
     codes = {"succeeded": 0, "submitted": 0, "cancelled": 143}
     raise typer.Exit(codes.get(summary.status, 1))
 
@@ -304,28 +312,25 @@ def model_history(
     """Every recorded alias move: when, who, what, why."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from adflow.registry import alias_version, history
     from adflow.tracking import client
 
     c = client(_uri(placement, set_))
     moves = _registry_call(lambda: history(c, name))
-    t = Table(
-        title=f"{name}: champion v{alias_version(c, name, 'champion')}, challenger v{alias_version(c, name, 'challenger')}"
-    )
+
+    def held(alias: str) -> str:
+        v = _registry_call(lambda: alias_version(c, name, alias))
+        return f"{alias} v{v}" if v is not None else f"no {alias}"
+
+    # cells are Text, not markup: a reason like "won [exp ab-7]" is printed as written
+    t = Table(title=Text(f"{name}: {held('champion')}, {held('challenger')}"))
     for col in ("when", "who", "action", "alias", "from", "to", "reason", "gate report"):
         t.add_column(col)
     for m in moves:
-        t.add_row(
-            m.at,
-            m.who,
-            m.action,
-            m.alias,
-            str(m.from_version or "-"),
-            str(m.to_version),
-            m.reason,
-            m.gate_report or "",
-        )
+        cells = (m.at, m.who, m.action, m.alias, str(m.from_version or "-"), str(m.to_version), m.reason)
+        t.add_row(*(Text(x) for x in (*cells, m.gate_report or "")))
     Console(width=160).print(t)
 
 
@@ -453,7 +458,9 @@ def ab_report(
     ex = store.exposures(name)
     weights = {x.name: x.weight for x in exp.arms}
     window = store.weight_period(name)
-    a = _ab_call(lambda: analyse(ex, weights, exp.control, name, srm_window=window))
+    a = _ab_call(
+        lambda: analyse(ex, weights, exp.control, name, srm_window=window, min_sample=exp.min_sample)
+    )
     page = write_report(a, ex, out or Path(s.placement.runs_dir) / "ab" / name)
     for r in a.arms:
         typer.echo(f"{r.arm:>10}: {r.exposures} exposures, CTR {r.ctr:.4f} [{r.ctr_lo:.4f}, {r.ctr_hi:.4f}]")

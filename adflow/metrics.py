@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
@@ -53,6 +55,8 @@ def paired_auc_diff(
     interval is for the difference itself (paired), far tighter than comparing two separate intervals.
     """
     users, y, p_a, p_b = (np.asarray(x) for x in (users, y, p_a, p_b))
+    if len(y) == 0:  # e.g. a test split without cold-start items: nothing to compare
+        return {"diff": math.nan, "lo": math.nan, "hi": math.nan}
     diff = auc(y, p_a) - auc(y, p_b)
     codes, inverse = np.unique(users, return_inverse=True)
     rows_of = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])

@@ -45,19 +45,28 @@ def who() -> str:
     return os.environ.get("ADFLOW_USER") or getpass.getuser()
 
 
+# what MLflow answers for an alias that points nowhere / a model never registered; any other error (an
+# unreachable server, no permission) must surface: read as "no champion", it would let the gate judge a
+# candidate on the floor alone and register it as the first champion
+_NO_ALIAS = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+
+
 def alias_version(c: Any, name: str, alias: str) -> int | None:
+    """The version `alias` points at; None when the alias or the model does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
         return int(c.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if e.error_code in _NO_ALIAS:
+            return None
+        raise
 
 
-def _record(c: Any, name: str, move: Move) -> Move:
+def _record(c: Any, name: str, move: Move) -> str:
     key = f"{HISTORY_PREFIX}{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:6]}"
     c.set_registered_model_tag(name, key, json.dumps(asdict(move), sort_keys=True))
-    return move
+    return key
 
 
 def move_alias(
@@ -77,9 +86,17 @@ def move_alias(
     if not reason.strip():
         raise RegistryError("a reason is required for every alias move")
     before = alias_version(c, name, alias)
-    c.set_registered_model_alias(name, alias, str(version))
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    return _record(c, name, Move(now, by or who(), action, alias, before, version, reason, gate_report))
+    move = Move(now, by or who(), action, alias, before, version, reason, gate_report)
+    # recorded first: a move the history cannot hold (a store that refuses the tag, e.g. PostgreSQL's 5000
+    # characters for a tag value) is refused before the alias moves; a failed move takes its record back
+    key = _record(c, name, move)
+    try:
+        c.set_registered_model_alias(name, alias, str(version))
+    except BaseException:
+        c.delete_registered_model_tag(name, key)
+        raise
+    return move
 
 
 def history(c: Any, name: str) -> list[Move]:
@@ -105,19 +122,41 @@ def promote(
     return move_alias(c, name, to, version, reason, "promote", by=by)
 
 
+def lineage(moves: list[Move], alias: str) -> list[int]:
+    """The versions `alias` has held, oldest first, with rolled-back ones taken off: what a rollback walks.
+
+    A move to the version already held (promoting the champion again, an A/B test concluded for the
+    control) adds nothing; a rollback to the version held before the current one takes the current one off,
+    so a second rollback goes one further back instead of returning to the version just rolled back from.
+    """
+    held: list[int] = []
+    for m in moves:
+        if m.alias != alias:
+            continue
+        if not held and m.from_version is not None:
+            held.append(m.from_version)
+        if m.action == "rollback" and len(held) >= 2 and held[-2] == m.to_version:
+            held.pop()
+        elif not held or held[-1] != m.to_version:
+            held.append(m.to_version)
+    return held
+
+
 def rollback(tracking_uri: str, name: str, reason: str, alias: str = CHAMPION, by: str | None = None) -> Move:
-    """Point `alias` back at the version it held before its latest move."""
+    """Point `alias` back at the version it held before the current one (rollbacks taken into account)."""
     c = client(tracking_uri)
     current = alias_version(c, name, alias)
-    moves = [m for m in history(c, name) if m.alias == alias]
-    if current is None or not moves:
+    held = lineage(history(c, name), alias)
+    if current is None or not held:
         raise RegistryError(f"{name}@{alias} has no recorded move to roll back")
-    previous = next(
-        (m.from_version for m in reversed(moves) if m.to_version == current and m.from_version), None
-    )
-    if previous is None:
+    if held[-1] != current:
+        raise RegistryError(
+            f"{name}@{alias} points at version {current}, but its recorded history ends at version {held[-1]}: "
+            "it was moved outside adflow; choose the version yourself with `adflow model promote --version`"
+        )
+    if len(held) < 2:
         raise RegistryError(f"{name}@{alias} (version {current}) has no earlier version to roll back to")
-    return move_alias(c, name, alias, previous, reason, "rollback", by=by)
+    return move_alias(c, name, alias, held[-2], reason, "rollback", by=by)
 
 
 def register(

@@ -418,6 +418,12 @@ def ctr_study(
     settings = core.resolve_content(settings, features_dir)  # "ciubm" as the CTR stage reads it
     if base not in variants:
         raise StudyError(f"the base {base!r} is not among the variants {variants}")
+    cand = settings.features.content_embedding
+    if {"ciubm", f"ciubm_{cand}"} <= set(variants):  # the stage would train them once, as one model
+        raise StudyError(
+            f"ciubm reads the {cand} embedding here (features.content_embedding), so it is ciubm_{cand}: "
+            "list one of the two"
+        )
     try:  # the variants as the stage's config checks them
         train_cfg = CTRTrainConfig.model_validate(settings.ctr_train.model_dump() | {"variants": variants})
     except ValueError as e:
@@ -434,6 +440,8 @@ def ctr_study(
     key = _key(settings, features_dir, "ctr_model") | {
         "train": settings.ctr_train.model_dump(mode="json", exclude={"seed", "variants"}),
         "variants": variants,
+        # what training reads of the feature settings: the sequence length, the candidate's embedding
+        "features": settings.features.model_dump(mode="json", include={"seq_len", "content_embedding"}),
     }
     compared = [v for v in variants if v != base]
     study = Study("ctr", seeds, base, compared, *_resume(out, "ctr", seeds, key), key, CTR_METRICS)

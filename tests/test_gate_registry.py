@@ -28,6 +28,7 @@ CHAMP = {"auc": 0.74, "gauc": 0.74, "logloss": 0.250, "cold_auc": 0.70}
         ({**CHAMP, "gauc": 0.76, "logloss": 0.270}, CHAMP, False, "logloss rises"),
         ({**CHAMP, "gauc": 0.76, "cold_auc": 0.60}, CHAMP, False, "cold-start AUC drops"),
         ({**CHAMP, "gauc": 0.76, "cold_auc": float("nan")}, CHAMP, True, "guards hold"),
+        ({**CHAMP, "gauc": float("nan")}, CHAMP, False, "undefined"),  # no user with a click and a non-click
     ],
 )
 def test_gate_rule(cand: dict, champ: dict | None, passed: bool, says: str) -> None:
@@ -65,6 +66,8 @@ def test_paired_auc_difference_interval() -> None:
     twin = signal + rng.normal(0, 0.5, len(y))  # as good as `good`, different noise
     tie = paired_auc_diff(users, y, good, twin, n_boot=100)
     assert tie["lo"] < 0 < tie["hi"]
+    none = paired_auc_diff(users[:0], y[:0], good[:0], worse[:0])  # e.g. no cold-start item in the split
+    assert all(np.isnan(v) for v in none.values())
 
 
 def test_content_probes_read_what_each_embedding_keeps(tmp_path: Path) -> None:
@@ -133,6 +136,37 @@ def test_promote_rollback_history(registry_uri: str) -> None:
     assert isinstance(loaded, torch.nn.Linear)
 
 
+def test_rollback_walks_back_through_the_champions(registry_uri: str) -> None:
+    """A repeated promotion adds nothing to roll back to; a second rollback goes one further back."""
+    c = client(registry_uri)
+    registry.promote(registry_uri, "ctr", "first", version=1)
+    registry.promote(registry_uri, "ctr", "better", version=2)
+    again = registry.promote(registry_uri, "ctr", "A/B test concluded for the control", version=2)
+    assert (again.from_version, again.to_version) == (2, 2)  # recorded, as every move is
+    registry.promote(registry_uri, "ctr", "better still", version=3)
+    assert registry.rollback(registry_uri, "ctr", "alert").to_version == 2
+    assert registry.rollback(registry_uri, "ctr", "alert again").to_version == 1
+    assert registry.alias_version(c, "ctr", "champion") == 1
+    with pytest.raises(registry.RegistryError, match="no earlier version"):
+        registry.rollback(registry_uri, "ctr", "nothing before the first")
+    assert registry.lineage(registry.history(c, "ctr"), "champion") == [1]
+    # moved with MLflow directly: the history cannot say what came before, so nothing is guessed
+    c.set_registered_model_alias("ctr", "champion", "3")
+    with pytest.raises(registry.RegistryError, match="outside adflow"):
+        registry.rollback(registry_uri, "ctr", "alert")
+    assert registry.alias_version(c, "ctr", "champion") == 3
+
+
+def test_an_unreachable_registry_is_an_error_not_no_champion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read as "no champion", it would let the gate pass a candidate on the floor alone."""
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(MlflowException):
+        registry.alias_version(client("http://127.0.0.1:9"), "ctr", "champion")
+
+
 def test_refusals(registry_uri: str) -> None:
     c = client(registry_uri)
     with pytest.raises(registry.RegistryError, match="no version 9"):
@@ -143,6 +177,11 @@ def test_refusals(registry_uri: str) -> None:
         registry.promote(registry_uri, "ctr", "no challenger yet")
     with pytest.raises(registry.RegistryError, match="roll back"):
         registry.rollback(registry_uri, "ctr", "nothing to undo")
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):  # MLflow refuses the alias itself: no move, and no record of one
+        registry.move_alias(c, "ctr", "latest", 1, "a reserved alias")
+    assert registry.history(c, "ctr") == []
 
 
 def test_model_cli(registry_uri: str, tmp_path: Path) -> None:
@@ -160,7 +199,13 @@ def test_model_cli(registry_uri: str, tmp_path: Path) -> None:
     assert r.exit_code == 0 and "2 -> 3" in r.output
     r = runner.invoke(app, ["model", "rollback", "ctr", "--reason", "alert", *sets])
     assert r.exit_code == 0 and "3 -> 2" in r.output
+    r = runner.invoke(
+        app, ["model", "promote", "ctr", "--version", "3", "--reason", "won [exp ab-7] [/ops/1]", *sets]
+    )
+    assert r.exit_code == 0
     r = runner.invoke(app, ["model", "history", "ctr", *sets])
-    assert r.exit_code == 0 and "rollback" in r.output and "champion v2" in r.output
+    assert r.exit_code == 0 and "rollback" in r.output and "champion v3" in r.output
+    assert "no challenger" in r.output
+    assert "won [exp ab-7] [/ops/1]" in r.output  # as written, not read as markup
     r = runner.invoke(app, ["model", "promote", "nope", "--reason", "x", "--version", "1", *sets])
     assert r.exit_code == 2 and "error" in r.output

@@ -120,6 +120,8 @@ def test_ctr_study_trains_each_seed_and_resumes(small_world: Path, tmp_path: Pat
     assert not (tmp_path / "bad" / "seed0").exists()
     with pytest.raises(S.StudyError, match="not among"):
         S.ctr_study(settings, features, [0, 1], ["ciubm", "din"], "ciubm_text", tmp_path / "bad")
+    with pytest.raises(S.StudyError, match="list one of the two"):  # no MOON: ciubm reads the text embedding
+        S.ctr_study(settings, features, [0], ["ciubm", "ciubm_text"], "ciubm", tmp_path / "bad")
 
     out = tmp_path / "study"
     st = S.ctr_study(settings, features, [0, 1], ["ciubm", "din"], "ciubm", out)
@@ -153,6 +155,10 @@ def test_ctr_study_trains_each_seed_and_resumes(small_world: Path, tmp_path: Pat
     assert sorted(again.per_seed) == [0, 1, 2] and again.per_seed[1] == st.per_seed[1]
     assert (out / "seed0" / "ciubm.pt").stat().st_mtime_ns == before
     assert "| din | auc |" in (out / "study.md").read_text()
+    # the feature settings training reads are part of what the finished seeds were measured on
+    shorter = small_settings(tmp_path, "ctr_train.epochs=2", "features.seq_len=5")
+    with pytest.raises(S.StudyError, match="another study"):
+        S.ctr_study(shorter, features, [0, 1, 2], ["ciubm", "din"], "ciubm", out)
 
 
 @pytest.mark.slow

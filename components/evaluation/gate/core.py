@@ -59,6 +59,12 @@ def decide(cfg: GateConfig, cand: dict[str, float], champ: dict[str, float] | No
             f"no champion yet: {m} {cand[m]:.4f} {'reaches' if ok else 'is below'} the floor {cfg.floor:.4f}",
         )
     gain = cand[m] - champ[m]
+    if not math.isfinite(gain):  # NaN compares False to everything: it must not fall through to a pass
+        return (
+            False,
+            f"{m} is undefined on this test split (candidate {cand[m]:.4f}, champion {champ[m]:.4f}): "
+            "no decision can be made on it",
+        )
     if gain < cfg.margin:
         return (
             False,
@@ -419,7 +425,7 @@ def evaluate(
     }
     c = client(tracking_uri)
     name = settings.registry.model_name
-    champ_version = alias_version(c, name, CHAMPION) if _model_exists(c, name) else None
+    champ_version = alias_version(c, name, CHAMPION)  # None: no such model or alias yet
     champ = None
     if champ_version is not None:
         champ, preds[f"champion v{champ_version}"] = score(load(tracking_uri, name, CHAMPION), test, cold)
@@ -446,16 +452,6 @@ def evaluate(
     (out / "decision.json").write_text(json.dumps(asdict(d), indent=2, default=float))
     log(STAGE, f"{'PASSED' if passed else 'REJECTED'}: {reason}")
     return d
-
-
-def _model_exists(c: Any, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        c.get_registered_model(name)
-        return True
-    except MlflowException:
-        return False
 
 
 def run(
