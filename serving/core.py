@@ -29,7 +29,7 @@ from adflow.config import Placement
 MAX_CANDIDATES = 1000
 USER_COLUMNS = (
     "hist_item_ids", "hist_ts", "hist_categories", "clicks_1d", "clicks_7d", "clicks_total",
-    "category_affinity", "segment",
+    "category_affinity", "affinity_categories", "segment",
 )  # fmt: skip
 ITEM_COLUMNS = ("impressions_to_date", "clicks_to_date", "ctr_smoothed")
 CREATIVE_FACTORS = ("prominence", "clutter", "legibility", "theme")
@@ -255,6 +255,10 @@ class Ranker:
         models = [self.pool.get(ref) for ref in refs]
         user_ids = list(dict.fromkeys(int(r.user_id) for r in reqs))
         item_ids = list(dict.fromkeys(i for r in reqs for i in r.item_ids if i in self.catalogue.by_item))
+        if not item_ids:
+            # no candidate of the batch is in the catalogue: nothing to score, so no online read (Feast's read
+            # of zero entity rows raises an IndexError); every id comes back unranked
+            return [Ranking(v, [], list(r.item_ids)) for r, (v, _) in zip(reqs, models, strict=True)]
         users, items = self.online(user_ids, item_ids)
         frames = [self.frame(r, users[int(r.user_id)], items) for r in reqs]
         scores: list[np.ndarray] = [np.zeros(0)] * len(reqs)

@@ -28,14 +28,21 @@ from adflow.progress import Progress
 class SimResult:
     requests: int = 0
     status: dict[str, int] = field(default_factory=dict)  # HTTP status -> count ("click:<status>" for /click
-    # failures, "error" for transport errors)
+    # failures; "error" and "click:error" for transport errors of /rank and /click)
     exposures: int = 0
     clicks: int = 0
     seconds: float = 0.0
     expected_ctr: dict[str, float] = field(default_factory=dict)  # arm -> mean true p of what it showed
     latency_ms_p50: float = 0.0
     latency_ms_p99: float = 0.0
-    errors: list[str] = field(default_factory=list)  # the first few non-2xx bodies
+    errors: list[str] = field(default_factory=list)  # the first few failures (bodies, transport errors)
+
+    def server_errors(self) -> int:
+        """5xx answers and transport errors (timeouts, dropped connections) of /rank and /click: what a
+        healthy stack never gives."""
+        return sum(
+            n for k, n in self.status.items() if k.split(":")[-1].startswith("5") or k.endswith("error")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,11 +113,19 @@ async def _run(
         res.exposures += len(shown)
         clicked = [s["exposure_id"] for s, u, q in zip(shown, draw, p, strict=False) if u < q]
         if clicked:
-            c = await client.post("/click", json={"exposure_ids": clicked, "at": at})
+            try:
+                c = await client.post("/click", json={"exposure_ids": clicked, "at": at})
+            except httpx.HTTPError as e:  # counted like /rank's: a lost click must show in the status counts
+                status["click:error"] += 1
+                if len(res.errors) < 5:
+                    res.errors.append(f"/click {type(e).__name__}: {e}")
+                return
             if c.status_code == 200:
                 res.clicks += len(clicked)
             else:
                 status[f"click:{c.status_code}"] += 1
+                if len(res.errors) < 5:
+                    res.errors.append(f"/click {c.status_code}: {c.text[:300]}")
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:

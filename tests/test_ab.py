@@ -118,7 +118,11 @@ def test_analysis_finds_a_real_lift() -> None:
     t = next(r for r in a.arms if r.arm == "treatment")
     assert a.srm_ok and t.p_value < 0.05 and 0 < t.lift_lo < t.lift < t.lift_hi
     assert t.lift == pytest.approx(0.25, abs=0.08)
-    assert "treatment is better" in a.verdict
+    assert "treatment is better" in a.verdict and "the plan asks" not in a.verdict
+    # the experiment planned more exposures per arm: the reading stands, the verdict says it is early
+    early = analyse(ex, {"control": 0.5, "treatment": 0.5}, "control", min_sample=50_000)
+    assert early.verdict.startswith("treatment is better")
+    assert "the plan asks 50,000 exposures per arm before a decision (20,000 so far)" in early.verdict
     lo, hi = wilson(t.clicks, t.exposures)
     assert lo < t.ctr < hi and (t.ctr_lo, t.ctr_hi) == (lo, hi)
 
@@ -270,3 +274,147 @@ def test_per_user_variance_keeps_an_aa_test_honest() -> None:
         bernoulli += not (t.lift_lo < 0 < t.lift_hi)
     assert clustered <= 10
     assert bernoulli > 25
+
+
+def _registry(tmp_path: Path) -> tuple[str, object]:
+    """A real MLflow registry (SQLite) with versions 1 and 2 of ctr-ciubm, version 1 the champion."""
+    import torch
+
+    from adflow import registry
+    from adflow.tracking import client, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = client(uri)
+    exp_id = ensure_experiment(c, "t", (tmp_path / "art").as_uri())
+    torch.save(torch.nn.Linear(2, 1), tmp_path / "m.pt")
+    for _ in range(2):
+        registry.register(uri, c.create_run(exp_id).info.run_id, str(tmp_path / "m.pt"), "ctr-ciubm", {}, [])
+    registry.move_alias(c, "ctr-ciubm", registry.CHAMPION, 1, "setup", "register")
+    return uri, c
+
+
+def test_refused_conclude_changes_nothing(tmp_path: Path) -> None:
+    """A conclusion whose promotion the registry would refuse (no such version, a blank reason) is refused
+    whole: the experiment keeps running with its split, the champion stays, no event is recorded."""
+    from adflow import registry
+    from adflow.ab.conclude import conclude
+
+    uri, c = _registry(tmp_path)
+    store = ABStore(tmp_path / "ab.sqlite")
+    store.create("ghost", [Arm("control", "alias:champion", 0.9), Arm("treatment", "version:7", 0.1)])
+    store.create("blank", [Arm("control", "alias:champion", 0.5), Arm("treatment", "version:2", 0.5)])
+    for name, reason, says in (("ghost", "better CTR", "version 7"), ("blank", "   ", "reason is required")):
+        with pytest.raises(ValueError, match=says):  # ABError, a ValueError like the registry's refusals
+            conclude(store, name, "treatment", reason, uri, "ctr-ciubm", promote=True)
+        exp = store.get(name)
+        assert exp.status == "running" and exp.winner is None and [a.weight for a in exp.arms][1] > 0
+        assert [e["action"] for e in store.events(name)] == ["create"]
+    assert registry.alias_version(c, "ctr-ciubm", registry.CHAMPION) == 1
+    assert [m.action for m in registry.history(c, "ctr-ciubm")] == ["register"]
+    done = conclude(store, "blank", "treatment", "lift +4%", uri, "ctr-ciubm", promote=True)
+    assert done.experiment.status == "concluded" and done.move is not None and done.move.to_version == 2
+    assert registry.alias_version(c, "ctr-ciubm", registry.CHAMPION) == 2
+
+
+def test_analysis_covers_only_the_current_weight_period() -> None:
+    """A/A with CTR drifting from 6% to 3% and a 1% -> 50% ramp at the midpoint: pooled over both weight
+    periods, treatment (nearly all of it after the ramp, at the low CTR) reads as a large, significant loss.
+    Within the period after the ramp every number is honest, and the analysis says what it covered."""
+    rng = np.random.default_rng(0)
+    n_req, slate = 6000, 10
+    rows = []
+    for r in range(n_req):
+        u = int(rng.integers(6000))
+        w = 0.01 if r < n_req // 2 else 0.5
+        arm = Layout.of(_arms(w)).arm_of(bucket("salt", u))
+        p = 0.06 if r < n_req // 2 else 0.03
+        rows += [(arm, u, int(rng.random() < p), float(r)) for _ in range(slate)]
+    ex = pd.DataFrame(rows, columns=["arm", "user_id", "click", "ts"])
+    weights = {"control": 0.5, "treatment": 0.5}
+    a = analyse(ex, weights, "control", srm_window=(n_req // 2, None))
+    t = a.arms[1]
+    assert a.srm_ok and "no significant difference" in a.verdict and t.p_value > 0.05
+    assert t.lift_lo < 0 < t.lift_hi
+    after = ex[ex["ts"] >= n_req // 2]
+    assert [r.exposures for r in a.arms] == [int((after["arm"] == arm).sum()) for arm in weights]
+    assert a.left_out == len(ex) - len(after) and a.period == (n_req // 2, None)
+    assert (
+        f"{len(after):,} exposures" in a.scope() and f"{a.left_out:,} from other weight periods" in a.scope()
+    )
+    assert a.to_dict()["scope"] == a.scope()
+    assert "all" in analyse(ex, weights, "control").scope()
+
+
+def test_an_arm_without_clicks() -> None:
+    """The direction comes from the CTRs, the lift says why it is undefined or has no interval, and the report
+    shows the significant p-value."""
+    import re
+    import tempfile
+
+    from adflow.ab.report import write_report
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 2000, 40_000)
+    arm = np.where(users % 2 == 0, "control", "treatment")
+    weights = {"control": 0.5, "treatment": 0.5}
+    for silent, direction, says in (("treatment", "worse", "-100.0% (treatment has no clicks; no interval)"),
+                                    ("control", "better", "undefined (control has no clicks"),):  # fmt: skip
+        click = np.where(arm != silent, rng.random(len(users)) < 0.05, 0).astype(int)
+        ex = pd.DataFrame(
+            {"arm": arm, "user_id": users, "click": click, "ts": np.arange(len(users), dtype=float)}
+        )
+        a = analyse(ex, weights, "control")
+        t = a.arms[1]
+        assert t.p_value < 1e-10
+        assert f"treatment is {direction} than control: lift {says}" in a.verdict and "nan" not in a.verdict
+        with tempfile.TemporaryDirectory() as d:
+            page = write_report(a, ex, d).read_text()
+        (row,) = re.findall(r"<tr><td>treatment</td>.*?</tr>", page)
+        assert says in row and f"<td>{t.p_value:.3g}</td>" in row and "nan" not in row
+
+
+def test_report_band_is_the_tables_interval(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The CTR plot's band is the clustered Wilson interval of the table, not a Bernoulli (Wald) band: users
+    with their own CTRs and many exposures each make the honest band several times wider."""
+    import matplotlib.axes
+
+    from adflow.ab.report import write_report
+
+    rng = np.random.default_rng(4)
+    n_u = rng.integers(20, 80, 300)
+    users = np.repeat(np.arange(300), n_u)
+    click = (rng.random(len(users)) < np.repeat(rng.beta(0.5, 5.0, 300), n_u)).astype(int)
+    arm = np.where(users % 2 == 0, "control", "treatment")
+    ex = pd.DataFrame({"arm": arm, "user_id": users, "click": click, "ts": rng.random(len(users))})
+    a = analyse(ex, {"control": 0.5, "treatment": 0.5}, "control")
+    bands: list[tuple[np.ndarray, np.ndarray]] = []
+    draw = matplotlib.axes.Axes.fill_between
+
+    def record(
+        self: matplotlib.axes.Axes, x: object, y1: object, y2: object, *args: object, **kw: object
+    ) -> object:
+        bands.append((np.asarray(y1), np.asarray(y2)))
+        return draw(self, x, y1, y2, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", record)
+    write_report(a, ex, tmp_path)
+    assert len(bands) == 2
+    for r, (lo, hi) in zip(a.arms, bands, strict=True):
+        assert (lo[-1], hi[-1]) == pytest.approx((r.ctr_lo, r.ctr_hi))  # where the plot ends, the table's
+        wald = 1.96 * np.sqrt(r.ctr * (1 - r.ctr) / r.exposures)
+        assert hi[-1] - lo[-1] > 2 * 2 * wald
+
+
+def test_srm_is_exact_for_small_counts() -> None:
+    """300 users at a 1% ramp expect 3 in treatment: the chi-square's p-value is too small there (an alarm
+    3.6x as often as alpha says); the exact test keeps the false alarm rate at most alpha and still catches a
+    broken split."""
+    from scipy import stats
+
+    n, w = 300, 0.01
+    k = np.arange(n + 1)
+    p = np.array([srm_pvalue([n - x, x], [1 - w, w]) for x in k])
+    assert stats.binom.pmf(k, n, w)[p < 0.001].sum() <= 0.001
+    assert srm_pvalue([270, 30], [1 - w, w]) < 1e-10
+    assert srm_pvalue([150, 150], [0.5, 0.5]) == pytest.approx(1.0)
+    assert 0 < srm_pvalue([5000, 4000, 1000], [0.5, 0.4, 0.1]) <= 1  # more arms: chi-square

@@ -154,17 +154,18 @@ def test_experiments_lifecycle_and_results(env: dict[str, Any]) -> None:
         == 404
     )
 
-    # traffic arrives (as the router logs it): results and the report's charts appear
+    # traffic arrives (as the router logs it, under the weights just ramped to): results and charts appear
     store = core.store()
-    rows = [Exposure(f"x{i}", 1e9 + i, "e1", str(i % 40), "treatment" if i % 2 else "control", "m@1", i, 1, 1)
+    now = time.time()
+    rows = [Exposure(f"x{i}", now + i, "e1", str(i % 40), "treatment" if i % 2 else "control", "m@1", i, 1, 1)
             for i in range(400)]  # fmt: skip
     store.log_exposures(rows)
-    store.log_clicks([f"x{i}" for i in range(0, 400, 7)], 1e9 + 500)
+    store.log_clicks([f"x{i}" for i in range(0, 400, 7)], now + 500)
     d = c.get("/api/experiments/e1").json()
     assert d["exposures"] == 400 and d["clicks"] == len(range(0, 400, 7))
     assert {a["arm"] for a in d["results"]["arms"]} == {"control", "treatment"} and "srm_p" in d["results"]
     store.log_exposures(
-        [Exposure(f"y{i}", 1e9 + 600 + i, "e1", str(i), "control", "m@1", i, 1, 1) for i in range(50)]
+        [Exposure(f"y{i}", now + 600 + i, "e1", str(i), "control", "m@1", i, 1, 1) for i in range(50)]
     )
     again = c.get("/api/experiments/e1").json()["results"]  # the page's refresh sees the new traffic
     assert sum(a["exposures"] for a in again["arms"]) == 450

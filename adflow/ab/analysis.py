@@ -2,15 +2,21 @@
 
 - CTR per arm with a Wilson 95% interval (sound at low click rates, unlike the normal interval).
 - Relative lift of each treatment over control, with a delta-method interval on log(CTR_t / CTR_c).
-- Sample-ratio mismatch: chi-square of assigned units (distinct users, the unit the hash splits) per arm against
-  the configured weights. A small p-value means the split is broken (assignment, logging or a bot), and no lift
-  from it can be trusted. Counting exposures instead would be wrong: one request shows a whole slate, and one
-  user makes many requests, so exposure counts are far noisier than a multinomial and SRM would fire on a
-  healthy split.
+- Sample-ratio mismatch: assigned units (distinct users, the unit the hash splits) per arm against the
+  configured weights, by an exact binomial test for two arms (a chi-square's p-value is too small when an
+  arm expects only a few users, as a 1% ramp does early on) and a chi-square for more. A small p-value means
+  the split is broken (assignment, logging or a bot), and no lift from it can be trusted. Counting exposures
+  instead would be wrong: one request shows a whole slate, and one user makes many requests, so exposure
+  counts are far noisier than a multinomial and SRM would fire on a healthy split.
 - mSPRT (Johari, Pekelis & Walsh, "Always valid inference", 2017): a normal mixture likelihood ratio on the CTR
   difference, whose running p-value may be read at any time, as often as one likes, without inflating false
   positives (a fixed-horizon z-test read every minute would). Evaluated at `checkpoints` points along the
   exposure stream in time order; the running minimum is the always-valid p-value.
+
+Everything is computed over one weight period (the stretch served under the current weights: after the last
+ramp, before a pause or stop), not just SRM. Exposures from another period were split by other weights, or all
+went to control: pooled with this period's, the arms would hold different mixes of time, and CTR drifts over
+time (day and night, a campaign), so even an A/A test would read as a large, "significant" lift.
 
 Users, not exposures, are randomised: a user's exposures are correlated (same taste, same slate), so every
 variance here is the per-user cluster (delta-method) variance of the ratio sum(clicks) / sum(exposures), not
@@ -55,6 +61,17 @@ def ratio_var(clicks: np.ndarray, units: np.ndarray | None) -> float:
     return max(v, iid * 0.5) if np.isfinite(v) else iid  # one user: nothing clusters, fall back to Bernoulli
 
 
+def ctr_interval(clicks: np.ndarray, units: np.ndarray | None, z: float = Z95) -> tuple[float, float]:
+    """Wilson interval of CTR at the effective sample size: n shrunk by the design effect of per-user
+    clustering (ratio_var over the Bernoulli variance), so the interval is as wide as the users make it."""
+    n, k = len(clicks), int(clicks.sum())
+    if n == 0:
+        return wilson(0, 0, z)
+    var = ratio_var(clicks, units)
+    deff = var / max((k / n) * (1 - k / n) / n, 1e-12) if 0 < k < n else 1.0
+    return wilson(round(k / max(deff, 1.0)), max(1, round(n / max(deff, 1.0))), z)
+
+
 def lift_interval(
     c_t: int,
     n_t: int,
@@ -66,10 +83,14 @@ def lift_interval(
 ) -> tuple[float, float, float]:
     """Relative lift CTR_t / CTR_c - 1 with a delta-method interval on the log ratio.
 
-    `var_t`, `var_c`: variances of the two CTRs (clustered, see ratio_var); default Bernoulli.
+    `var_t`, `var_c`: variances of the two CTRs (clustered, see ratio_var); default Bernoulli. Without clicks in
+    the treatment the lift is -100% but the log ratio has no interval; without clicks in the control (or no
+    exposures) the lift itself is undefined.
     """
-    if min(c_t, c_c, n_t, n_c) == 0:
+    if min(c_c, n_t, n_c) == 0:
         return (math.nan, math.nan, math.nan)
+    if c_t == 0:
+        return (-1.0, math.nan, math.nan)
     p_t, p_c = c_t / n_t, c_c / n_c
     log_ratio = math.log(p_t / p_c)
     v_t = p_t * (1 - p_t) / n_t if var_t is None else var_t
@@ -79,12 +100,19 @@ def lift_interval(
 
 
 def srm_pvalue(counts: list[int], weights: list[float]) -> float:
-    """Chi-square goodness of fit of exposure counts to the configured weights (arms with weight 0 dropped)."""
+    """Goodness of fit of unit counts to the configured weights (arms with weight 0 dropped).
+
+    Two arms: the exact binomial test. The chi-square approximation is anti-conservative when an arm expects few
+    units (300 users at a 1% ramp expect 3 in treatment: alarms 3.6x as often as its alpha of 0.001 says), and
+    the exact test costs nothing. More arms: chi-square.
+    """
     pairs = [(c, w) for c, w in zip(counts, weights, strict=True) if w > 0]
     n = sum(c for c, _ in pairs)
     if n == 0 or len(pairs) < 2:
         return math.nan
     total_w = sum(w for _, w in pairs)
+    if len(pairs) == 2:
+        return float(min(1.0, stats.binomtest(pairs[1][0], n, pairs[1][1] / total_w).pvalue))
     expected = [n * w / total_w for _, w in pairs]
     return float(stats.chisquare([c for c, _ in pairs], expected).pvalue)
 
@@ -140,10 +168,32 @@ class ArmResult:
     ctr: float
     ctr_lo: float
     ctr_hi: float
-    lift: float = math.nan  # vs control; nan for control itself
+    lift: float = math.nan  # vs control; nan for control itself or a control without clicks (lift_text)
     lift_lo: float = math.nan
     lift_hi: float = math.nan
     p_value: float = math.nan  # always-valid (mSPRT) vs control
+
+
+def lift_text(r: ArmResult, control: ArmResult) -> str:
+    """The lift with its interval in words, saying why when either is undefined (an arm without clicks)."""
+    if r.exposures == 0 or control.exposures == 0:
+        return "undefined (an arm has no exposures)"
+    if control.clicks == 0:
+        return f"undefined ({control.arm} has no clicks; CTR {r.ctr:.4f} vs 0)"
+    if r.clicks == 0:
+        return f"{r.lift:+.1%} ({r.arm} has no clicks; no interval)"
+    return f"{r.lift:+.1%} [{r.lift_lo:+.1%}, {r.lift_hi:+.1%}]"
+
+
+def in_period(exposures: pd.DataFrame, period: tuple[float, float | None] | None) -> pd.DataFrame:
+    """The exposures with ts in [start, end) (end None: open); all of them when period is None."""
+    if period is None:
+        return exposures
+    lo, hi = period
+    inside = exposures["ts"] >= lo
+    if hi is not None:
+        inside &= exposures["ts"] < hi
+    return exposures[inside]
 
 
 @dataclass
@@ -156,9 +206,29 @@ class Analysis:
     alpha: float
     verdict: str
     p_path: dict[str, list[float]] = field(default_factory=dict)  # per treatment: running p at checkpoints
+    period: tuple[float, float | None] | None = None  # [start, end) of the exposures analysed; None: all
+    left_out: int = 0  # exposures outside the period (other weights, a pause, after a stop): not analysed
+
+    def scope(self) -> str:
+        """Which exposures the numbers cover, in words."""
+        n = sum(r.exposures for r in self.arms)
+        if self.period is None:
+            return f"all {n:,} exposures"
+        lo, hi = self.period
+        when = f"{_utc(lo)} to {_utc(hi) if hi is not None else 'now'}"
+        out = f"the {n:,} exposures served under the current weights ({when})"
+        if self.left_out:
+            out += f"; {self.left_out:,} from other weight periods (before a ramp, paused, stopped) left out"
+        return out
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "scope": self.scope()}
+
+
+def _utc(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def analyse(
@@ -171,14 +241,20 @@ def analyse(
     tau_rel: float = 0.2,
     checkpoints: int = 50,
     srm_window: tuple[float, float | None] | None = None,
+    min_sample: int = 0,
 ) -> Analysis:
     """`exposures`: one row per exposure with columns arm, click (0/1), ts (for time order).
 
-    `srm_window`: [start, end) of the stretch served under `weights` (after the last ramp, before a pause or
-    stop); the SRM check counts only those exposures. None: all of them.
+    `srm_window`: [start, end) of the weight period, the stretch served under `weights` (after the last ramp,
+    before a pause or stop; ABStore.weight_period). Every number (CTR, lift, mSPRT and SRM) counts only those
+    exposures (see the module docstring); Analysis.scope() says which. None: all of them.
 
     `tau_rel`: the mSPRT mixing scale as a share of control's CTR (the size of effect the test is tuned to find
     fastest; any effect is found eventually).
+
+    `min_sample`: the exposures per arm the experiment planned before a decision (its `min_sample`). The
+    p-values are valid at any time, so a significant reading before then is reported as such, but the
+    verdict says that the plan is not complete (novelty effects, a weekly cycle: what the plan waits out).
     """
     missing = {"arm", "click", "ts"} - set(exposures.columns)
     if missing:
@@ -186,7 +262,7 @@ def analyse(
     unknown = set(exposures["arm"].unique()) - set(weights)
     if unknown:
         raise ValueError(f"exposures name arms {sorted(unknown)} that the experiment does not have")
-    ex = exposures.sort_values("ts", kind="stable")
+    ex = in_period(exposures.sort_values("ts", kind="stable"), srm_window)
     clustered = "user_id" in ex.columns
     by_arm = {a: ex.loc[ex["arm"] == a, "click"].to_numpy(dtype=float) for a in weights}
     units = {a: (ex.loc[ex["arm"] == a, "user_id"].to_numpy() if clustered else None) for a in weights}
@@ -198,25 +274,20 @@ def analyse(
     for arm, w in weights.items():
         y = by_arm[arm]
         n, k = len(y), int(y.sum())
-        var = ratio_var(y, units[arm])
-        # Wilson at the effective sample size: n shrunk by the design effect of per-user clustering
-        deff = var / max((k / n) * (1 - k / n) / n, 1e-12) if n and 0 < k < n else 1.0
-        lo, hi = wilson(round(k / max(deff, 1.0)), max(1, round(n / max(deff, 1.0)))) if n else wilson(0, 0)
+        lo, hi = ctr_interval(y, units[arm])
         r = ArmResult(arm, w, n, k, k / n if n else math.nan, lo, hi)
         if arm != control:
+            var = ratio_var(y, units[arm])
             r.lift, r.lift_lo, r.lift_hi = lift_interval(k, n, c_k, c_n, var_t=var, var_c=c_var)
             path = msprt_pvalues(c_y, y, tau, checkpoints, units[control], units[arm])
             p_path[arm] = path.tolist()
             r.p_value = float(path[-1]) if len(path) else math.nan
         results.append(r)
-    window = ex
-    if srm_window is not None:
-        w_lo, w_hi = srm_window
-        window = ex[(ex["ts"] >= w_lo) & ((ex["ts"] < w_hi) if w_hi is not None else True)]
-    if clustered:  # count the randomised units: each user once, in the arm it was assigned
-        window = window.drop_duplicates(["user_id", "arm"])
-    srm_p = srm_pvalue([int((window["arm"] == r.arm).sum()) for r in results], [r.weight for r in results])
+    # count the randomised units: each user once, in the arm it was assigned
+    assigned = ex.drop_duplicates(["user_id", "arm"]) if clustered else ex
+    srm_p = srm_pvalue([int((assigned["arm"] == r.arm).sum()) for r in results], [r.weight for r in results])
     srm_ok = not (srm_p < srm_alpha)
+    c = next(r for r in results if r.arm == control)
     if not srm_ok:
         verdict = f"sample ratio mismatch (p={srm_p:.2g}): the split is broken, do not trust the lift"
     else:
@@ -224,10 +295,15 @@ def analyse(
         if not wins:
             verdict = f"no significant difference yet (always-valid p >= {alpha})"
         else:
-            best = max(wins, key=lambda r: r.lift)
-            direction = "better" if best.lift > 0 else "worse"
+            # by CTR, not lift: the lift is undefined when control has no clicks, the difference never is
+            best = max(wins, key=lambda r: r.ctr)
+            direction = "better" if best.ctr > c.ctr else "worse"
             verdict = (
-                f"{best.arm} is {direction} than {control}: lift {best.lift:+.1%} "
-                f"[{best.lift_lo:+.1%}, {best.lift_hi:+.1%}], always-valid p={best.p_value:.3g}"
+                f"{best.arm} is {direction} than {control}: lift {lift_text(best, c)}, "
+                f"always-valid p={best.p_value:.3g}"
             )
-    return Analysis(experiment, control, results, srm_p, srm_ok, alpha, verdict, p_path)
+    short = min(r.exposures for r in results)
+    if srm_ok and short < min_sample:
+        verdict += f"; the plan asks {min_sample:,} exposures per arm before a decision ({short:,} so far)"
+    left_out = len(exposures) - len(ex)
+    return Analysis(experiment, control, results, srm_p, srm_ok, alpha, verdict, p_path, srm_window, left_out)

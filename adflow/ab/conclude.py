@@ -32,17 +32,28 @@ def conclude(
     store: ABStore, name: str, winner: str, reason: str, tracking_uri: str, model: str, promote: bool,
     by: str | None = None,
 ) -> Concluded:  # fmt: skip
-    exp = store.get(name)
-    arm = next((a for a in exp.arms if a.name == winner), None)
-    if arm is None:
-        raise ABError(f"{name} has no arm {winner!r} (arms: {[a.name for a in exp.arms]})")
+    # every refusal, the registry's included, comes before the first write: a conclusion written before a
+    # refused promotion would send all traffic to the winner's model when that model cannot even be loaded
+    exp = store.concludable(name, winner)
+    arm = next(a for a in exp.arms if a.name == winner)
+    if not reason.strip():
+        raise ABError(f"a reason is required to conclude {name} (it is recorded with the winner)")
     version = None
-    if promote:  # resolve before anything is written
+    if promote:
         from adflow.tracking import client
 
-        version = version_of(client(tracking_uri), model, arm.model)
+        c = client(tracking_uri)
+        version = version_of(c, model, arm.model)
         if version is None:
             raise ABError(f"{arm.model} does not name a version of {model}")
+        versions = {int(v.version) for v in c.search_model_versions(f"name = '{model}'")}
+        if version not in versions:
+            raise ABError(
+                f"{arm.model} names version {version} of {model}, which the registry does not have "
+                f"(versions: {sorted(versions) or 'none'}): nothing was concluded or promoted"
+            )
+    # the experiment first: its status change is what refuses a second, concurrent conclusion before it could
+    # move the champion too; the promotion after it can now only fail on an unreachable registry
     exp = store.conclude(name, winner, reason)
     move = None
     if version is not None:

@@ -191,10 +191,16 @@ class ABStore:
         """The kill switch: every user back to control at once, for good."""
         return self._set_status(name, "stopped", ("running", "paused"), {"reason": reason})
 
-    def conclude(self, name: str, winner: str, reason: str = "") -> Experiment:
+    def concludable(self, name: str, winner: str) -> Experiment:
+        """The experiment, when it can be concluded with `winner` now; else ABError. Writes nothing, so a
+        caller with more to check (adflow.ab.conclude: the registry) can refuse before anything changes."""
         exp = self._require(name, ("running", "paused"))
         if winner not in {a.name for a in exp.arms}:
-            raise ABError(f"experiment {name!r} has no arm {winner!r}")
+            raise ABError(f"experiment {name!r} has no arm {winner!r} (arms: {[a.name for a in exp.arms]})")
+        return exp
+
+    def conclude(self, name: str, winner: str, reason: str = "") -> Experiment:
+        self.concludable(name, winner)
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute(

@@ -413,7 +413,7 @@ class ConsoleCore:
         if cached is not None and cached[0] == key:
             return cached[1]
         a = analyse(store.exposures(e.name), {x.name: x.weight for x in e.arms}, e.control, e.name,
-                    srm_window=store.weight_period(e.name))  # fmt: skip
+                    srm_window=store.weight_period(e.name), min_sample=e.min_sample)  # fmt: skip
         out: dict[str, Any] = json.loads(json.dumps(a.to_dict(), default=float))
         out.pop("p_path", None)
         self._analysed[e.name] = (key, out)
@@ -438,7 +438,7 @@ class ConsoleCore:
                 return out / "ab.png"
             ex = store.exposures(name)
             a = analyse(ex, {x.name: x.weight for x in e.arms}, e.control, name,
-                        srm_window=store.weight_period(name))  # fmt: skip
+                        srm_window=store.weight_period(name), min_sample=e.min_sample)  # fmt: skip
             write_report(a, ex, out)
             stamp.write_text(key)
             return out / "ab.png"

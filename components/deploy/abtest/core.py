@@ -66,7 +66,10 @@ def run(
             Arm("champion", f"version:{champion}", 1.0 - ab.treatment_weight),
             Arm("challenger", f"version:{challenger_version}", ab.treatment_weight),
         ]
-        store.create(exp_name, arms, metric="ctr", min_sample=ab.requests * ab.slate_size // 2)
+        # the plan: half of what the smaller arm gets when every simulated request is served, so a simulation
+        # cut short by its time limit says so in the verdict, and one that ran its course does not
+        smaller = min(ab.treatment_weight, 1.0 - ab.treatment_weight)
+        store.create(exp_name, arms, metric="ctr", min_sample=int(ab.requests * ab.slate_size * smaller / 2))
         log(STAGE, f"{kind} test {exp_name}: champion v{champion} vs challenger v{challenger_version}")
         cfg = ServeConfig(
             s.placement.model_dump_json(),
@@ -93,6 +96,7 @@ def run(
             exp_name,
             alpha=ab.alpha,
             srm_window=store.weight_period(exp_name),
+            min_sample=store.get(exp_name).min_sample,
         )
         (out / "simulation.json").write_text(json.dumps(sim.to_dict(), indent=2))
         context = {
@@ -108,9 +112,7 @@ def run(
         by = {r.arm: r for r in a.arms}
         metrics = {
             "requests": float(sim.requests),
-            "http_5xx": float(
-                sum(v for k, v in sim.status.items() if k.split(":")[-1].startswith("5") or k == "error")
-            ),
+            "http_5xx": float(sim.server_errors()),  # 5xx answers and transport errors, /rank and /click
             "exposures": float(len(exposures)),
             "champion_ctr": by["champion"].ctr,
             "challenger_ctr": by["challenger"].ctr,
