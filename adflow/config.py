@@ -9,8 +9,10 @@ fails at load time with the valid keys named, not deep inside a training step.
 from __future__ import annotations
 
 import copy
+import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -74,8 +76,15 @@ class DataConfig(Strict):
 class ValidationConfig(Strict):
     """Bounds the data-validation stage enforces on top of the contract's schema."""
 
+    # The label rate of an ad click data set (the synthetic world, Taobao's engagement after a view): far
+    # outside it, a label is mapped wrong (all ones, all zeros, a unit mix-up).
     click_rate_min: float = Field(0.01, ge=0.0, le=1.0)
     click_rate_max: float = Field(0.30, ge=0.0, le=1.0)
+    # ... and [min, max] for a source whose label is not an ad click, by the `source` its dataset.json names.
+    # MovieLens' click is rating >= 4 (adflow/data/importers.py): 55% of ML-100k's ratings, 57% of ML-1M's;
+    # rating >= 3 would give 82-84% and rating >= 1 all of them. The floor is the ad one: a MovieLens-format
+    # export of click data (tests/movielens_export.py) keeps its ~7% clicks.
+    click_rate_by_source: dict[str, tuple[float, float]] = {"movielens-100k": (0.01, 0.80)}
     price_min: float = Field(0.01, gt=0)
     price_max: float = Field(100_000.0, gt=0)
     earliest_timestamp: str = "1990-01-01"  # events before this are a unit or parsing error
@@ -83,7 +92,11 @@ class ValidationConfig(Strict):
     # Drift against the last accepted dataset: a column's mean may move this many reference standard
     # deviations, and category shares this far in KL divergence, before the dataset is refused.
     drift_mean_tolerance_std: float = Field(0.5, gt=0)
-    drift_kl_threshold: float = Field(0.1, gt=0)  # KL(reference || current) of category shares
+    # KL divergence of category shares, both ways, each of which must stay under it: KL(reference || current)
+    # grows when a category shrinks or vanishes (two categories merged), KL(current || reference) when one
+    # grows or appears. Shares are floored at CATEGORY_SHARE_FLOOR (validate/expectations.py): a
+    # category of 1% that vanishes gives ~0.09, one of 3% ~0.3.
+    drift_kl_threshold: float = Field(0.1, gt=0)
     drift_click_rate_rel_tolerance: float = Field(0.35, gt=0)  # |ctr - ref| / ref
     check_images: bool = True  # image files exist (costly on millions of rows: sample on a cluster)
     image_check_sample: int = Field(2000, ge=0)
@@ -92,9 +105,18 @@ class ValidationConfig(Strict):
     def _ordered(self) -> ValidationConfig:
         if self.click_rate_min > self.click_rate_max:
             raise ValueError("click_rate_min must not exceed click_rate_max")
+        for source, (lo, hi) in self.click_rate_by_source.items():
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(
+                    f"click_rate_by_source.{source}: expected [min, max] with 0 <= min <= max <= 1, got [{lo}, {hi}]"
+                )
         if self.price_min >= self.price_max:
             raise ValueError("price_min must be below price_max")
         return self
+
+    def click_rate_bounds(self, source: str) -> tuple[float, float]:
+        """The label-rate bounds for a dataset whose manifest names `source`."""
+        return self.click_rate_by_source.get(source, (self.click_rate_min, self.click_rate_max))
 
 
 class FeaturesConfig(Strict):
@@ -484,19 +506,127 @@ def _preset_file(name: str, kind: str, choices: tuple[str, ...]) -> Path:
     return path
 
 
+# Plain (unquoted) scalars in an override are read the way JSON and YAML 1.2 read them, not YAML 1.1's way
+# (PyYAML's): there "010" is octal 8, "1_000" 1000, "yes"/"no"/"on"/"off" booleans and "2026-02-01" a date.
+_NULLS = frozenset({"null", "Null", "NULL", "~"})
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_INT = re.compile(r"[-+]?[0-9]+")
+_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def _plain_scalar(text: str) -> Any:
+    """null, true/false, a decimal int or float; anything else stays text for the typed setting to convert
+    (pydantic reads "yes" as a bool) or refuse with the key named ("0x10" is not an integer)."""
+    if text in _NULLS:
+        return None
+    if text in _BOOLS:
+        return _BOOLS[text]
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return text
+
+
+def _members(annotation: Any) -> tuple[list[Any], bool]:
+    """The members of a union annotation other than None, and whether None is one of them."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = get_args(annotation)
+        return [a for a in args if a is not type(None)], type(None) in args
+    return [annotation], False
+
+
+def _is_text(annotation: Any) -> bool:
+    """A str setting (or a choice of strings): its override value is taken as written."""
+    members, _ = _members(annotation)
+    return bool(members) and all(
+        m is str or (get_origin(m) is Literal and all(isinstance(a, str) for a in get_args(m)))
+        for m in members
+    )
+
+
+def _child(annotation: Any, key: str | int) -> Any:
+    """The annotation of `key` inside a setting of type `annotation`; None where it is not known (Any, a key the
+    model lacks: validation names that key)."""
+    members, _ = _members(annotation)
+    if len(members) != 1:
+        return None
+    ann = members[0]
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        field = ann.model_fields.get(str(key))
+        return field.annotation if field is not None else None
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is dict and len(args) == 2:
+        return args[1]
+    if origin is list and args:
+        return args[0]
+    if origin is tuple and args:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+        return args[key] if isinstance(key, int) and key < len(args) else None
+    return None
+
+
+def _target(parts: list[str]) -> Any:
+    """The annotation of the setting at `parts` (None where unknown)."""
+    ann: Any = Settings
+    for p in parts:
+        ann = _child(ann, p)
+        if ann is None:
+            return None
+    return ann
+
+
+def _build(node: yaml.Node, annotation: Any, item: str) -> Any:
+    """A composed YAML value, each plain scalar read for the setting it lands in: as written for a str
+    setting ("placement.step_resources={moon: {cpu_request: 8}}" keeps "8"), by _plain_scalar elsewhere."""
+    if isinstance(node, yaml.ScalarNode):
+        if node.style:  # quoted: text whatever it looks like
+            return node.value
+        if annotation is not None and _is_text(annotation):
+            return None if _members(annotation)[1] and node.value in _NULLS else node.value
+        return _plain_scalar(node.value)
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(n, _child(annotation, k), item) for k, n in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                raise ConfigError(f"override '{item}': mapping keys must be plain names")
+            out[k.value] = _build(v, _child(annotation, k.value), item)
+        return out
+    raise ConfigError(f"override '{item}': value is not a scalar, list or mapping")
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`world.n_users=500` -> (['world', 'n_users'], 500). Values are parsed as YAML scalars."""
+    """`world.n_users=500` -> (['world', 'n_users'], 500). A str setting takes the value as written
+    (`world.start_date=2026-02-01`, `registry.model_name=123`; quotes around it are removed, and `null` unsets
+    a setting that may be None). Any other value is read as YAML flow syntax (lists, mappings) whose plain
+    scalars are JSON's: null, true/false, decimal numbers (`world.seed=010` is 10); other text goes to the
+    setting as text, to be converted or refused with its key named."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"override '{item}' has an empty key")
+    text = raw.strip()
+    if not text:
+        return parts, ""
+    target = _target(parts)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{item}': value is not a valid scalar: {e}") from e
-    return parts, value
+        if target is not None and _is_text(target):
+            return parts, text  # "a: b: c" is no YAML, but it is a string
+        raise ConfigError(f"override '{item}': value is not a valid scalar, list or mapping: {e}") from e
+    if target is not None and _is_text(target):
+        if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"'):
+            return parts, node.value
+        return parts, None if _members(target)[1] and text in _NULLS else text
+    if node is None:  # only a comment
+        return parts, None
+    return parts, _build(node, target, item)
 
 
 def _apply(data: dict[str, Any], parts: list[str], value: Any) -> None:

@@ -43,3 +43,17 @@ def test_contract_doc_is_current() -> None:
     assert doc.read_text().strip() == schema_markdown().strip(), (
         "regenerate: adflow data contract > docs/data-contract.md"
     )
+
+
+def test_importer_usage_names_real_options() -> None:
+    """The importers' usage lines name only options `adflow data import` has (they named --csv and --dir)."""
+    import re
+
+    import adflow.data.importers as importers
+
+    r = runner.invoke(app, ["data", "import", "--help"])
+    assert r.exit_code == 0
+    usage = [line for line in (importers.__doc__ or "").splitlines() if "adflow data import" in line]
+    named = {o for line in usage for o in re.findall(r"--[a-z][a-z-]*", line)}
+    assert len(usage) == 3 and "--path" in named
+    assert named <= set(re.findall(r"--[a-z][a-z-]*", r.output)), (named, r.output)

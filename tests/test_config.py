@@ -94,6 +94,62 @@ def test_override_parsing() -> None:
         parse_override("novalue")
 
 
+@pytest.mark.parametrize(
+    ("override", "path", "value"),
+    [
+        # a str setting takes the text as written: YAML read these as a date, an int, an int
+        ("world.start_date=2026-02-01", "world.start_date", "2026-02-01"),
+        ("validation.earliest_timestamp=2000", "validation.earliest_timestamp", "2000"),
+        ("placement.step_resources.moon.cpu_request=8", "placement.step_resources.moon.cpu_request", "8"),
+        ("registry.model_name=123", "registry.model_name", "123"),
+        ("data.path=no", "data.path", "no"),  # YAML 1.1: False
+        ("placement.workspace=~", "placement.workspace", "~"),  # YAML: None
+        ('registry.model_name="ctr # v2"', "registry.model_name", "ctr # v2"),  # quotes come off
+        ("features.text_encoder_path=null", "features.text_encoder_path", None),  # may be None: unset
+        # other plain scalars read as JSON would: no YAML 1.1 octal, no sexagesimal
+        ("world.seed=010", "world.seed", 10),
+        ("world.n_users=1e3", "world.n_users", 1000),
+        ("ctr_train.shuffle_labels=true", "ctr_train.shuffle_labels", True),
+        ("creative_train.num_workers=null", "creative_train.num_workers", None),
+        ("moon_train.deepspeed.zero_optimization.stage=2", "moon_train.deepspeed.zero_optimization.stage", 2),
+        # inside lists and mappings each value is read for the setting it lands in
+        ("ctr_train.variants=[din, ciubm]", "ctr_train.variants", ["din", "ciubm"]),
+        ("moon_train.duplicate_keys=[category, 010]", "moon_train.duplicate_keys", ["category", "010"]),
+        (
+            "placement.step_resources={moon: {cpu_request: 8}}",
+            "placement.step_resources.moon.cpu_request",
+            "8",
+        ),
+        ("moon_train.deepspeed={bf16: {enabled: true}}", "moon_train.deepspeed.bf16.enabled", True),
+        (
+            "validation.click_rate_by_source.taobao=[0.02, 0.2]",
+            "validation.click_rate_by_source.taobao",
+            (0.02, 0.2),
+        ),
+    ],
+)
+def test_override_values_are_read_for_their_setting(override: str, path: str, value: object) -> None:
+    node: object = load_settings("tiny", "local", [override])
+    for key in path.split("."):
+        node = node[key] if isinstance(node, dict) else getattr(node, key)
+    assert node == value and type(node) is type(value)
+
+
+@pytest.mark.parametrize("override", ["world.seed=0x10", "world.seed=1.5", "world.n_users=lots"])
+def test_override_values_that_are_not_the_type_are_refused(override: str) -> None:
+    with pytest.raises(ConfigError, match=r"world\.(seed|n_users): Input should be a valid integer"):
+        load_settings("tiny", "local", [override])
+
+
+def test_click_rate_bounds_by_source() -> None:
+    v = load_settings("tiny").validation
+    assert v.click_rate_bounds("synthetic") == (v.click_rate_min, v.click_rate_max) == (0.01, 0.30)
+    lo, hi = v.click_rate_bounds("movielens-100k")
+    assert lo <= 0.07 and 0.55 < hi < 0.82  # ML-100k's rating >= 4 share passes; rating >= 3's (82%) does not
+    with pytest.raises(ConfigError, match=r"click_rate_by_source\.taobao"):
+        load_settings("tiny", "local", ["validation.click_rate_by_source.taobao=[0.5, 0.2]"])
+
+
 def test_json_round_trip_and_resolved_paths(tmp_path: Path) -> None:
     s = load_settings("tiny", "local", ["placement.workspace=rel/ws"])
     r = s.resolved()

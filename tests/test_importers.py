@@ -61,6 +61,9 @@ def test_taobao_maps_events_and_labels(tmp_path: Path) -> None:
             "one of",
         ),
         ("1,100,7,pv,15115\n", 1, "timestamp", "Unix timestamp"),
+        # milliseconds: refused with the line and a hint (it crashed the conversion to datetimes)
+        ("1,100,7,pv,1511544070\n1,100,7,pv,1511544070000\n", 2, "timestamp", "looks like milliseconds"),
+        ("1,100,7,pv,99999999999999999999999\n", 1, "timestamp", "Unix timestamp"),  # past int64
         ("-3,100,7,pv,1511544070\n", 1, "user_id", "non-negative"),
     ],
 )
@@ -116,6 +119,7 @@ def test_movielens_latin1_titles(tmp_path: Path) -> None:
         ("196\t1\t6\t881250949\n", U_ITEM, "u.data", 1, "rating", "rating from 1 to 5"),
         ("196\t1\t3\t881250949\n196\t9\t3\t881250949\n", U_ITEM, "u.data", 2, "item_id", "listed in u.item"),
         ("196\t1\t3\n", U_ITEM, "u.data", 1, None, "4 fields"),
+        ("196\t1\t3\t881250949000\n", U_ITEM, "u.data", 1, "timestamp", "looks like milliseconds"),
         (
             U_DATA,
             U_ITEM.replace("|0|0|0|1|1|1|", "|0|0|0|1|2|1|", 1),
@@ -187,7 +191,9 @@ def test_taobao_with_catalog_fills_titles_and_images(tmp_path: Path) -> None:
     [
         ("item_id,name,category\n1,a,b\n", 1, "title", "required column 'title'"),
         ("item_id,title,category,colour\n1,a,b,red\n", 1, "colour", "only known columns"),
-        ("item_id,title,category,price\n1,a,b,-3\n", 2, "price", "positive price"),
+        ("item_id,title,category,price\n1,a,b,-3\n", 2, "price", "positive finite price"),
+        ("item_id,title,category,price\n1,a,b,inf\n", 2, "price", "positive finite price"),
+        ("item_id,title,category,price\n1,a,b,2\n2,c,d,1e400\n", 3, "price", "positive finite price"),
         ("item_id,title,category\n1,a,b\n1,c,d\n", 3, "item_id", "unique item id"),
         ("item_id,title,category\n1,,b\n", 2, "title", "non-empty"),
         ("item_id,title,category\n3,a,b\n", 2, "image", "image named 3.png"),
@@ -217,3 +223,70 @@ def test_import_refuses_a_non_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         import_taobao(_write(tmp_path / "ub.csv", TAOBAO), tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+
+
+def test_import_renames_into_place_and_a_failed_one_leaves_nothing(tmp_path: Path) -> None:
+    imgs = _images(tmp_path, [1])
+    src = _write(tmp_path / "catalog.csv", "item_id,title,category\n1,a,b\n2,c,d\n")
+    with pytest.raises(ImportFormatError, match=r"image named 2\.png"):
+        import_catalog(src, tmp_path / "out", images=imgs)
+    # no half-copied images in `out` nor a staging folder beside it: the retry is not refused "not empty"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.csv", "imgs"]
+    Image.new("RGB", (16, 16), "blue").save(imgs / "2.png")  # the user adds the missing image
+    m = import_catalog(src, tmp_path / "out", images=imgs)
+    assert m["images_copied"] == 2 and (tmp_path / "out" / "images" / "items" / "2.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.csv", "imgs", "out"]
+    # an existing empty folder is a fine target too (the CLI's users often make it first)
+    (tmp_path / "empty").mkdir()
+    import_taobao(_write(tmp_path / "ub.csv", TAOBAO), tmp_path / "empty")
+    assert (tmp_path / "empty" / "dataset.json").is_file()
+
+
+def test_image_suffixes_match_in_any_case(tmp_path: Path) -> None:
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("RGB", (8, 8), "red").save(imgs / "1.JPG", format="JPEG")  # as cameras and Windows name them
+    Image.new("RGB", (8, 8), "blue").save(imgs / "2.Png")
+    src = _write(tmp_path / "catalog.csv", "item_id,title,category\n1,a,b\n2,c,d\n")
+    import_catalog(src, tmp_path / "out", images=imgs)
+    items = pd.read_parquet(tmp_path / "out" / "items.parquet").set_index("item_id")
+    assert (
+        items.at[1, "image_path"] == "images/items/1.jpg"
+        and items.at[2, "image_path"] == "images/items/2.png"
+    )
+    assert all((tmp_path / "out" / p).is_file() for p in items["image_path"])
+
+
+def test_catalog_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a BOM: it used to read as part of the name 'item_id'."""
+    src = tmp_path / "catalog.csv"
+    src.write_bytes("item_id,title,category\n1,Café mug,kitchen\n".encode("utf-8-sig"))
+    import_catalog(src, tmp_path / "out")
+    items = pd.read_parquet(tmp_path / "out" / "items.parquet")
+    assert items["title"].tolist() == ["Café mug"]
+
+
+@pytest.mark.parametrize("bad_line", [1, 2, 3000])
+def test_undecodable_bytes_are_reported_on_their_line(tmp_path: Path, bad_line: int) -> None:
+    """A Latin-1 byte in a UTF-8 catalog: a located ImportFormatError, not a raw UnicodeDecodeError (from
+    the unguarded header read), on the right line (not one thousands of lines early, as decoding 8 KB
+    ahead of the csv reader gave)."""
+    lines = ["item_id,title,category"] + [f"{i},Item number {i},cat{i % 5}" for i in range(1, 4000)]
+    data = [line.encode() for line in lines]
+    data[bad_line - 1] = data[bad_line - 1].replace(b"t", b"\xe9", 1)  # Latin-1 e-acute
+    src = tmp_path / "catalog.csv"
+    src.write_bytes(b"\n".join(data) + b"\n")
+    with pytest.raises(ImportFormatError) as e:
+        import_catalog(src, tmp_path / "out")
+    assert e.value.line == bad_line and "UTF-8" in str(e.value) and "0xe9" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_undecodable_bytes_deep_in_a_taobao_file(tmp_path: Path) -> None:
+    rows = [f"{u},{i},1,pv,{1511544070 + i}".encode() for u in (1, 2) for i in range(1, 3000)]
+    rows[4498] = b"\xff" + rows[4498]
+    src = tmp_path / "ub.csv"
+    src.write_bytes(b"\n".join(rows) + b"\n")
+    with pytest.raises(ImportFormatError) as e:
+        import_taobao(src, tmp_path / "out")
+    assert e.value.line == 4499 and "0xff" in str(e.value)

@@ -1,6 +1,7 @@
 """The validation core on clean, imported and corrupted data; one corruption through the pipeline is in test_pipeline.py."""
 
 import datetime as dt
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,10 +60,97 @@ def test_imported_datasets_validate(tmp_path: Path) -> None:
     import_taobao(_write(tmp_path / "ub.csv", TAOBAO), tmp_path / "tb")
     import_movielens(_ml(tmp_path, U_DATA, U_ITEM), tmp_path / "ml")
     import_catalog(_write(tmp_path / "c.csv", CATALOG), tmp_path / "cat", images=_images(tmp_path, [1, 2]))
-    loose = ValidationConfig(click_rate_min=0.0, click_rate_max=1.0)  # a handful of rows: any rate goes
+    # a handful of rows: any rate goes, whatever the source
+    loose = ValidationConfig(click_rate_min=0.0, click_rate_max=1.0, click_rate_by_source={})
     for name in ("tb", "ml", "cat"):
         r = validate_dataset(tmp_path / name, loose, tmp_path / f"docs-{name}", tmp_path / "ws")
         assert r.success, r.failures
+
+
+def _ml_with_ratings(tmp_path: Path, ratings: list[int]) -> Path:
+    """A MovieLens folder: 40 users rate 30 items (one genre each), cycling through `ratings`."""
+    d = tmp_path / "ml-100k"
+    d.mkdir(parents=True)
+    data = [
+        f"{1 + k % 40}\t{1 + (k * 7) % 30}\t{ratings[k % len(ratings)]}\t{881250949 + 60 * k}"
+        for k in range(120)
+    ]
+    (d / "u.data").write_text("\n".join(data) + "\n")
+    items = []
+    for i in range(1, 31):
+        genres = ["1" if g == 1 + i % 18 else "0" for g in range(19)]
+        items.append("|".join([str(i), f"Movie {i} (1995)", "01-Jan-1995", "", "http://x", *genres]))
+    (d / "u.item").write_text("\n".join(items) + "\n", encoding="latin-1")
+    return d
+
+
+def test_movielens_label_rate_is_bounded_for_its_source(world_copy: Path, tmp_path: Path) -> None:
+    """MovieLens' click (rating >= 4) is ~55% of ratings: with the default settings a real ML-100k import
+    passes (it failed the ad click bounds, 0.01-0.30), a label mapped wrong still fails, and the synthetic
+    world's bounds are as tight as they were."""
+    ml100k_like = [1, 2, 2, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5]  # ML-100k's shares, 60% >= 4
+    import_movielens(_ml_with_ratings(tmp_path / "a", ml100k_like), tmp_path / "ml")
+    r = validate_dataset(tmp_path / "ml", ValidationConfig(), tmp_path / "docs", tmp_path / "ws")
+    assert r.success, r.failures
+    import_movielens(_ml_with_ratings(tmp_path / "b", [4, 5, 5]), tmp_path / "all-clicks")
+    with pytest.raises(DataValidationError) as e:
+        validate_dataset(tmp_path / "all-clicks", ValidationConfig(), tmp_path / "docs2", tmp_path / "ws2")
+    assert [(f.table, f.check) for f in e.value.report.failures] == [("impressions", "label rate bounds")]
+    imp = pd.read_parquet(world_copy / "impressions.parquet")
+    imp.loc[imp.index[: int(0.55 * len(imp))], "click"] = 1  # the synthetic world at MovieLens' rate
+    imp.to_parquet(world_copy / "impressions.parquet", index=False)
+    with pytest.raises(DataValidationError) as e:
+        validate_dataset(world_copy, ValidationConfig(), tmp_path / "docs3", tmp_path / "ws3")
+    assert [(f.table, f.check) for f in e.value.report.failures] == [("impressions", "label rate bounds")]
+
+
+def test_category_drift_is_caught_both_ways(
+    accepted_workspace: Path, small_world: Path, tmp_path: Path
+) -> None:
+    """KL(reference || current) catches a category that vanished (two merged); KL(current || reference) one
+    that appeared. Both failures name the values. (GE's KL check passed the merge and failed the new
+    category with "observed None".)"""
+    ws = accepted_workspace / "ws"
+    before = digest(ws / "accepted")
+    items = pd.read_parquet(small_world / "items.parquet")
+    shares = items["category"].value_counts()
+    gone, into = shares.index[-1], shares.index[0]
+    merged = tmp_path / "merged"
+    shutil.copytree(small_world, merged)
+    items.assign(category=items["category"].replace(gone, into)).to_parquet(
+        merged / "items.parquet", index=False
+    )
+    with pytest.raises(DataValidationError) as e:
+        validate_dataset(merged, ValidationConfig(), tmp_path / "docs", ws)
+    [f] = e.value.report.failures
+    assert (f.table, f.check, f.column) == ("items", "drift: category shares (KL)", "category")
+    assert f"missing [{gone!r}]" in str(f.observed) and "new [" not in str(f.observed)
+
+    grown = tmp_path / "grown"
+    shutil.copytree(small_world, grown)
+    changed = items.copy()
+    changed.loc[changed.index[:6], "category"] = "brand_new"  # 5% of the catalog in a category never seen
+    changed.to_parquet(grown / "items.parquet", index=False)
+    with pytest.raises(DataValidationError) as e:
+        validate_dataset(grown, ValidationConfig(), tmp_path / "docs2", ws)
+    [f] = e.value.report.failures
+    assert f.check == "drift: category shares (KL)" and "new ['brand_new']" in str(f.observed)
+    assert isinstance(f.observed, str) and "KL(reference||current)" in f.observed  # a value, not None
+    assert digest(ws / "accepted") == before
+    # unchanged shares still pass against the same reference
+    assert validate_dataset(small_world, ValidationConfig(), tmp_path / "docs3", ws, accept=False).success
+
+
+def test_references_into_a_missing_table_fail(world_copy: Path, tmp_path: Path) -> None:
+    """Impressions naming query ids while queries.parquet is gone: the reference check used to be skipped."""
+    (world_copy / "queries.parquet").unlink()
+    with pytest.raises(DataValidationError) as e:
+        validate_dataset(world_copy, ValidationConfig(), tmp_path / "docs", tmp_path / "ws")
+    assert [(f.table, f.check, f.column) for f in e.value.report.failures] == [
+        ("impressions", "referential integrity -> queries.query_id (table missing)", "query_id")
+    ]
+    assert "np.int64" not in str(e.value)  # the sample of values reads as plain numbers
+    # all-null references to it are fine (Taobao has no queries): test_imported_datasets_validate
 
 
 def test_not_a_dataset(tmp_path: Path) -> None:

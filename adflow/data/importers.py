@@ -1,8 +1,8 @@
 """Importers: real data sets into the data contract, refusing malformed input with file, line and column.
 
-    adflow data import taobao    --csv UserBehavior.csv --out data/taobao [--catalog items.csv --images imgs/]
-    adflow data import movielens --dir ml-100k --out data/ml100k
-    adflow data import catalog   --catalog items.csv --images imgs/ --out data/catalog
+    adflow data import taobao    --path UserBehavior.csv --out data/taobao [--catalog items.csv --images imgs/]
+    adflow data import movielens --path ml-100k --out data/ml100k
+    adflow data import catalog   --path items.csv --images imgs/ --out data/catalog
 
 How each source maps onto the contract (what a source lacks stays null, as the contract allows):
 - Taobao UserBehavior (user_id,item_id,category_id,behavior_type,timestamp; no header): every event goes to
@@ -10,18 +10,27 @@ How each source maps onto the contract (what a source lacks stays null, as the c
   when the same user later carts, favs or buys that item (the data set logs no un-clicked ads, so engagement
   after a view is the positive). Sessions split on 30-minute gaps; positions are unknown and recorded as 1.
 - MovieLens-100k (u.data, u.item): ratings are `rate` events with the rating as value, and impressions
-  with click = rating >= 4, the usual CTR reading of MovieLens. Category is the first listed genre.
+  with click = rating >= 4, the usual CTR reading of MovieLens. Category is the first listed genre. That label
+  is positive for ~55% of ratings, far above an ad's click rate: validation bounds it by source
+  (`validation.click_rate_by_source`, keyed by the manifest's source "movielens-100k").
 - Catalog CSV + image folder (header: item_id,title,category[,price,attributes,image,box_x0..box_y1,launch_ts]):
   items, with images copied in and checked to open; one default creative per item using the item's image.
+  UTF-8 (a byte-order mark, as Excel's "CSV UTF-8" writes, is fine); image suffixes match in any case.
 Every imported item also gets one default creative (id = item id) so impressions always name a creative.
+An import is built in a hidden sibling of `out` and renamed into place when it succeeds: a refused file
+leaves nothing behind, so the corrected file imports into the same folder.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import json
+import os
 import shutil
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +47,10 @@ ML_GENRES = (
 )  # fmt: skip
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EARLIEST_TS = 946684800  # 2000-01-01: older epoch values are almost always a unit or column mix-up
+# 2100-01-01: later epoch values are a unit mix-up (milliseconds are 1000x seconds), and beyond 2262 they
+# would not even fit pandas' nanosecond timestamps
+LATEST_TS = 4102444800
+MS_HINT_FROM = 315532800  # 1980-01-01: a too-large value that is a time from then on in milliseconds is one
 
 
 class ImportFormatError(ValueError):
@@ -59,33 +72,72 @@ class ImportFormatError(ValueError):
 # ---------------------------------------------------------------- reading helpers
 
 
+def _decoded_lines(path: Path, encoding: str, expected: str) -> Iterator[str]:
+    """The file's lines, decoded one at a time, so that a byte the encoding cannot read is reported on its
+    own line. (A text-mode file decodes 8 KB ahead of the csv reader: its error names a line thousands of
+    lines early.) Lines split on b"\\n", which is never part of a multi-byte UTF-8 or Latin-1 character."""
+    # one incremental decoder for the whole file: "utf-8-sig" drops a byte-order mark at the start only
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    line_no = 0
+    with path.open("rb") as f:
+        for raw in f:
+            line_no += 1
+            try:
+                yield decoder.decode(raw)
+            except UnicodeDecodeError as e:
+                # e.object may be the line less a byte-order mark the decoder has already taken off
+                at = min(max(e.start + len(raw) - len(e.object), 0), len(raw) - 1)
+                preview = raw.decode(encoding.removesuffix("-sig"), errors="replace").rstrip("\r\n")[:80]
+                raise ImportFormatError(
+                    path,
+                    line_no,
+                    None,
+                    expected,
+                    f"byte 0x{raw[at]:02x} at byte {at + 1} of the line: {preview}",
+                ) from e
+        try:
+            tail = decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            raise ImportFormatError(path, max(line_no, 1), None, expected, "a truncated character") from e
+        if tail:
+            yield tail
+
+
+def _text_kind(encoding: str) -> str:
+    return "UTF-8 text" if encoding.replace("_", "-").lower().startswith("utf-8") else f"{encoding} text"
+
+
 def _read_delimited(
-    path: Path, sep: str, n_fields: int, names: tuple[str, ...], header: bool, encoding: str = "utf-8"
+    path: Path,
+    sep: str,
+    n_fields: int,
+    names: tuple[str, ...],
+    header: bool,
+    encoding: str = "utf-8-sig",
+    expected_text: str | None = None,
 ) -> pd.DataFrame:
-    """Read a delimited file as strings, checking the field count of every line (reported with its line number)."""
+    """Read a delimited file as strings, checking the field count of every line (reported with its line number).
+    `expected_text` is what a file the encoding cannot read is told it should be (default: "<encoding> text")."""
     if not path.exists():
         raise ImportFormatError(path, None, None, "an existing file")
     rows: list[list[str]] = []
     line_nos: list[int] = []
-    with path.open(newline="", encoding=encoding, errors="strict") as f:
-        reader = csv.reader(f, delimiter=sep)
-        try:
-            for row in reader:
-                line = reader.line_num
-                if header and line == 1:
-                    continue
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank lines carry nothing
-                if len(row) != n_fields:
-                    raise ImportFormatError(
-                        path, line, None, f"{n_fields} fields separated by {sep!r}", f"{len(row)} fields"
-                    )
-                rows.append(row)
-                line_nos.append(line)
-        except UnicodeDecodeError as e:
-            raise ImportFormatError(path, reader.line_num + 1, None, f"{encoding} text", str(e)) from e
-        except csv.Error as e:
-            raise ImportFormatError(path, reader.line_num, None, "well-formed CSV", str(e)) from e
+    reader = csv.reader(_decoded_lines(path, encoding, expected_text or _text_kind(encoding)), delimiter=sep)
+    try:
+        for row in reader:
+            line = reader.line_num
+            if header and line == 1:
+                continue
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank lines carry nothing
+            if len(row) != n_fields:
+                raise ImportFormatError(
+                    path, line, None, f"{n_fields} fields separated by {sep!r}", f"{len(row)} fields"
+                )
+            rows.append(row)
+            line_nos.append(line)
+    except csv.Error as e:
+        raise ImportFormatError(path, reader.line_num, None, "well-formed CSV", str(e)) from e
     df = pd.DataFrame(rows, columns=list(names), dtype=object)
     df["_line"] = np.asarray(line_nos, dtype=np.int64)
     return df
@@ -100,7 +152,7 @@ def _ints(
     hi: int | None = None,
 ) -> pd.Series:
     s = pd.to_numeric(df[col].str.strip(), errors="coerce")
-    bad = s.isna() | (s != s.round())
+    bad = s.isna() | (s != s.round()) | (s.abs() >= 2.0**63)  # past int64 the cast below would wrap around
     if lo is not None:
         bad |= s < lo
     if hi is not None:
@@ -109,6 +161,21 @@ def _ints(
         k = int(np.argmax(bad.to_numpy()))
         raise ImportFormatError(path, int(df["_line"].iloc[k]), col, what, df[col].iloc[k])
     return s.astype(np.int64)
+
+
+def _timestamps(df: pd.DataFrame, col: str, path: Path, lo: int) -> pd.Series:
+    """Unix timestamps in seconds, from `lo` to LATEST_TS. A value past the end is refused with its line and,
+    when it reads as a plausible time in milliseconds, says so: unchecked it would crash the conversion."""
+    what = f"a Unix timestamp in seconds ({lo} to {LATEST_TS})"
+    s = _ints(df, col, path, what, lo=lo)
+    late = s > LATEST_TS
+    if late.any():
+        k = int(np.argmax(late.to_numpy()))
+        value = int(s.iloc[k])
+        if max(lo, MS_HINT_FROM) <= value // 1000 <= LATEST_TS:
+            what += "; this looks like milliseconds: divide the column by 1000"
+        raise ImportFormatError(path, int(df["_line"].iloc[k]), col, what, df[col].iloc[k])
+    return s
 
 
 def _sessions(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -157,9 +224,33 @@ def _write(
 
 def _fresh_out(out: str | Path) -> Path:
     path = Path(out)
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path} is not empty: import into a new folder")
     return path
+
+
+@contextlib.contextmanager
+def _staged(out: str | Path) -> Iterator[Path]:
+    """A fresh folder to build the import in: a hidden sibling of `out`, renamed to `out` when the block
+    succeeds and removed when it raises. A refused file (a missing image on line 9,000) then leaves nothing
+    behind, and the retry with the corrected file goes into the same `out`."""
+    final = _fresh_out(out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # not tempfile.mkdtemp: its folder is private (0700) and would stay so once renamed to `out`
+    work = final.parent / f".{final.name}.importing-{uuid.uuid4().hex[:12]}"
+    work.mkdir()
+    try:
+        yield work
+        try:
+            os.replace(work, final)  # atomic; replaces `out` when it is an empty folder
+        except OSError:
+            # `out` is a mount point or on another file system (a pipeline's output volume): move the
+            # contents in instead
+            final.mkdir(parents=True, exist_ok=True)
+            for child in work.iterdir():
+                shutil.move(str(child), str(final / child.name))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- Taobao UserBehavior
@@ -168,17 +259,20 @@ def _fresh_out(out: str | Path) -> Path:
 def import_taobao(
     csv_path: str | Path, out: str | Path, catalog: str | Path | None = None, images: str | Path | None = None
 ) -> dict[str, object]:
-    path = Path(csv_path)
-    out_dir = _fresh_out(out)
+    with _staged(out) as out_dir:
+        return _taobao(
+            Path(csv_path), out_dir, Path(catalog) if catalog else None, Path(images) if images else None
+        )
+
+
+def _taobao(path: Path, out_dir: Path, catalog: Path | None, images: Path | None) -> dict[str, object]:
     raw = _read_delimited(path, ",", 5, TAOBAO_COLUMNS, header=False)
     if raw.empty:
         raise ImportFormatError(path, None, None, "at least one event line")
     df = pd.DataFrame({"_line": raw["_line"]})
     for col in ("user_id", "item_id", "category_id"):
         df[col] = _ints(raw, col, path, "a non-negative integer id", lo=0)
-    df["timestamp"] = _ints(
-        raw, "timestamp", path, f"a Unix timestamp in seconds (>= {EARLIEST_TS})", lo=EARLIEST_TS
-    )
+    df["timestamp"] = _timestamps(raw, "timestamp", path, lo=EARLIEST_TS)
     beh = raw["behavior_type"].str.strip()
     bad = ~beh.isin(list(TAOBAO_BEHAVIOURS))
     if bad.any():
@@ -245,7 +339,7 @@ def import_taobao(
         }
     )
     if catalog is not None:
-        cat_items, n_copied = _read_catalog(Path(catalog), Path(images) if images else None, out_dir)
+        cat_items, n_copied = _read_catalog(catalog, images, out_dir)
         missing = set(items["item_id"]) - set(cat_items["item_id"])
         known = cat_items.set_index("item_id")
         items = items.set_index("item_id")
@@ -273,8 +367,11 @@ def import_taobao(
 
 
 def import_movielens(directory: str | Path, out: str | Path) -> dict[str, object]:
-    d = Path(directory)
-    out_dir = _fresh_out(out)
+    with _staged(out) as out_dir:
+        return _movielens(Path(directory), out_dir)
+
+
+def _movielens(d: Path, out_dir: Path) -> dict[str, object]:
     data_path, item_path = d / "u.data", d / "u.item"
     raw = _read_delimited(data_path, "\t", 4, ("user_id", "item_id", "rating", "timestamp"), header=False)
     if raw.empty:
@@ -283,7 +380,7 @@ def import_movielens(directory: str | Path, out: str | Path) -> dict[str, object
     ratings["user_id"] = _ints(raw, "user_id", data_path, "a positive integer user id", lo=1)
     ratings["item_id"] = _ints(raw, "item_id", data_path, "a positive integer item id", lo=1)
     ratings["rating"] = _ints(raw, "rating", data_path, "a rating from 1 to 5", lo=1, hi=5)
-    ratings["timestamp"] = _ints(raw, "timestamp", data_path, "a Unix timestamp in seconds", lo=0)
+    ratings["timestamp"] = _timestamps(raw, "timestamp", data_path, lo=0)
 
     names = ("item_id", "title", "release_date", "video_release_date", "url", *ML_GENRES)
     raw_items = _read_delimited(item_path, "|", len(names), names, header=False, encoding="latin-1")
@@ -363,6 +460,10 @@ def import_movielens(directory: str | Path, out: str | Path) -> dict[str, object
 
 CATALOG_REQUIRED = ("item_id", "title", "category")
 CATALOG_OPTIONAL = ("price", "attributes", "image", "box_x0", "box_y0", "box_x1", "box_y1", "launch_ts")
+# "utf-8-sig": a catalog saved by Excel as "CSV UTF-8" starts with a byte-order mark, which plain "utf-8"
+# reads as part of the first column's name
+CATALOG_ENCODING = "utf-8-sig"
+CATALOG_TEXT = "UTF-8 text (save the catalog as CSV UTF-8; Latin-1 / Windows-1252 files are not read)"
 
 
 def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.DataFrame, int]:
@@ -370,8 +471,10 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
 
     if not path.exists():
         raise ImportFormatError(path, None, None, "an existing file")
-    with path.open(newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), None)
+    try:
+        header = next(csv.reader(_decoded_lines(path, CATALOG_ENCODING, CATALOG_TEXT)), None)
+    except csv.Error as e:
+        raise ImportFormatError(path, 1, None, "a well-formed CSV header row", str(e)) from e
     if not header:
         raise ImportFormatError(path, 1, None, f"a header row with {', '.join(CATALOG_REQUIRED)}")
     header = [h.strip() for h in header]
@@ -385,7 +488,15 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
             raise ImportFormatError(
                 path, 1, col, f"only known columns ({', '.join(CATALOG_REQUIRED + CATALOG_OPTIONAL)})", col
             )
-    raw = _read_delimited(path, ",", len(header), tuple(header), header=True)
+    raw = _read_delimited(
+        path,
+        ",",
+        len(header),
+        tuple(header),
+        header=True,
+        encoding=CATALOG_ENCODING,
+        expected_text=CATALOG_TEXT,
+    )
     if raw.empty:
         raise ImportFormatError(path, None, None, "at least one item row")
     items = pd.DataFrame({"item_id": _ints(raw, "item_id", path, "a non-negative integer item id", lo=0)})
@@ -413,7 +524,8 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
             raise ImportFormatError(path, int(raw["_line"].iloc[k]), col, what, raw[col].iloc[k])
         return s
 
-    items["price"] = floats("price", lambda s: s > 0, "a positive price or empty")
+    # finite: "inf" and "1e400" parse as a float, and an infinite price would poison every mean downstream
+    items["price"] = floats("price", lambda s: (s > 0) & np.isfinite(s), "a positive finite price or empty")
     for col in ("box_x0", "box_y0", "box_x1", "box_y1"):
         items[col] = floats(col, lambda s: (s >= 0) & (s <= 1), "a box coordinate in [0, 1] or empty")
     attrs = []
@@ -455,10 +567,14 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
 
     paths: list[str | None] = []
     copied = 0
+    by_stem: dict[str, list[Path]] = {}  # item id -> its image files, any suffix case (1.JPG from a camera)
     if images is not None:
         if not images.is_dir():
             raise ImportFormatError(images, None, None, "a folder of item images")
         (out_dir / "images" / "items").mkdir(parents=True, exist_ok=True)
+        for f in images.iterdir():
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                by_stem.setdefault(f.stem, []).append(f)
     for k, item_id in enumerate(items["item_id"]):
         line = int(raw["_line"].iloc[k])
         named = raw["image"].iloc[k].strip() if "image" in raw else ""
@@ -472,15 +588,16 @@ def _read_catalog(path: Path, images: Path | None, out_dir: Path) -> tuple[pd.Da
             if not src.is_file():
                 raise ImportFormatError(path, line, "image", f"a file inside {images}", named)
         else:
-            found = [
-                images / f"{item_id}{suf}" for suf in IMAGE_SUFFIXES if (images / f"{item_id}{suf}").is_file()
-            ]
+            # by suffix in IMAGE_SUFFIXES' order, then by name: the same file whichever order iterdir gave
+            found = sorted(
+                by_stem.get(str(item_id), []), key=lambda f: (IMAGE_SUFFIXES.index(f.suffix.lower()), f.name)
+            )
             if not found:
                 raise ImportFormatError(
                     path,
                     line,
                     "image",
-                    f"an image named {item_id}.png/.jpg in {images} (or an 'image' column)",
+                    f"an image named {item_id}.png/.jpg/.jpeg/.webp (any case) in {images} (or an 'image' column)",
                     None,
                 )
             src = found[0]
@@ -503,19 +620,18 @@ def import_catalog(
     catalog: str | Path, out: str | Path, images: str | Path | None = None
 ) -> dict[str, object]:
     """A catalog alone: items and their default creatives; users, impressions and behaviour stay empty."""
-    out_dir = _fresh_out(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items, copied = _read_catalog(Path(catalog), Path(images) if images else None, out_dir)
-    tables = {
-        "items": items,
-        "creatives": _default_creatives(items),
-        "users": empty_frame("users"),
-        "impressions": empty_frame("impressions"),
-        "behaviour": empty_frame("behaviour"),
-    }
-    return _write(
-        out_dir, "catalog", tables, {"input": str(catalog), "images_copied": copied, "catalog_only": True}
-    )
+    with _staged(out) as out_dir:
+        items, copied = _read_catalog(Path(catalog), Path(images) if images else None, out_dir)
+        tables = {
+            "items": items,
+            "creatives": _default_creatives(items),
+            "users": empty_frame("users"),
+            "impressions": empty_frame("impressions"),
+            "behaviour": empty_frame("behaviour"),
+        }
+        return _write(
+            out_dir, "catalog", tables, {"input": str(catalog), "images_copied": copied, "catalog_only": True}
+        )
 
 
 IMPORTERS = {"taobao": import_taobao, "movielens": import_movielens, "catalog": import_catalog}

@@ -85,8 +85,11 @@ def _observed(result: Any) -> Any:
     r = result.result or {}
     if "observed_value" in r:
         v = r["observed_value"]
+        note = (r.get("details") or {}).get("note") if isinstance(r.get("details"), dict) else None
+        if note:  # what the number alone does not say (which category values are new or missing)
+            v = f"{v:.4g} ({note})" if isinstance(v, float) else f"{v} ({note})"
     elif "unexpected_count" in r:
-        sample = list(r.get("partial_unexpected_list") or [])[:5]
+        sample = [ex.plain_value(v) for v in list(r.get("partial_unexpected_list") or [])[:5]]
         v = f"{r['unexpected_count']} unexpected, e.g. {sample}"
     elif result.exception_info and result.exception_info.get("raised_exception"):
         v = f"error: {result.exception_info.get('exception_message')}"
@@ -185,7 +188,7 @@ def validate_dataset(
             frame = df.copy()
             frame[ex.IMAGE_OK] = _image_flags(root, df, t.image_column, cfg.image_check_sample)
         require_rows = name in REQUIRED_TABLES and not (catalog_only and name in INTERACTION_TABLES)
-        exps = ex.build(name, frame, cfg, keys, reference, require_rows, now)
+        exps = ex.build(name, frame, cfg, keys, reference, require_rows, now, source)
         suite = ctx.suites.add(gx.ExpectationSuite(name=name))
         for e in exps:
             suite.add_expectation(e)

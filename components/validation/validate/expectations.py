@@ -7,9 +7,11 @@ failure message and the run summary ("referential integrity", "key uniqueness", 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 import great_expectations as gx
+import numpy as np
 import pandas as pd
 
 from adflow.config import ValidationConfig
@@ -26,6 +28,73 @@ TYPE_NAMES = {
     "str": ["str", "object", "string"],
 }
 IMAGE_OK = "_image_file_ok"
+# The share a category absent on one side is given, so that a vanished or new category gives a finite
+# divergence that grows with its share (s * ln(s / floor)) instead of infinity with no value to report
+CATEGORY_SHARE_FLOOR = 1e-6
+
+
+def plain_value(v: Any) -> Any:
+    """A numpy scalar as the Python value it holds: numpy's int64 positions would not serialise into the
+    report, and read "np.int64(360)" in a failure message."""
+    return v.item() if isinstance(v, np.number | np.bool_) else v
+
+
+def _kl(p: dict[Any, float], q: dict[Any, float]) -> float:
+    """KL(p || q) in nats over the union of both sides' values, each share floored and renormalised."""
+    values = set(p) | set(q)
+    norm = 1 + CATEGORY_SHARE_FLOOR * len(values)
+
+    def share(d: dict[Any, float], v: Any) -> float:
+        return (d.get(v, 0.0) + CATEGORY_SHARE_FLOOR) / norm
+
+    return float(sum(share(p, v) * math.log(share(p, v) / share(q, v)) for v in values))
+
+
+class ExpectColumnCategorySharesToStayClose(gx.expectations.ExpectColumnKLDivergenceToBeLessThan):
+    """The categorical KL drift check, both ways. GE's own computes KL(current || reference) only, which a
+    vanished category does not move (two categories merged passes) and a new one sends to infinity (failing
+    with "observed None"). Here both KL(reference || current) and KL(current || reference) must stay under the
+    threshold, shares are floored (CATEGORY_SHARE_FLOOR), and the result names the new and missing values.
+    Its metrics (value counts, non-null count) and Data Docs renderers are GE's."""
+
+    def _validate(
+        self,
+        metrics: dict[str, Any],
+        runtime_configuration: dict[str, Any] | None = None,
+        execution_engine: Any = None,
+    ) -> dict[str, Any]:
+        kwargs = self.configuration.kwargs
+        partition, threshold = kwargs["partition_object"], float(kwargs["threshold"])
+        total = sum(partition["weights"])
+        ref = {v: w / total for v, w in zip(partition["values"], partition["weights"], strict=True)}
+        counts = metrics["column.value_counts"]
+        n = metrics["column_values.nonnull.count"]
+        cur = {plain_value(v): float(c) / n for v, c in counts.items()} if n else {}
+        forward, backward = _kl(ref, cur), _kl(cur, ref)
+        missing = sorted((v for v in ref if v not in cur), key=str)
+        new = sorted((v for v in cur if v not in ref), key=str)
+        values = [*ref, *new]
+        notes = [f"KL(reference||current) {forward:.3f}, KL(current||reference) {backward:.3f}"]
+        if missing:
+            notes.append(f"missing {missing[:10]}")
+        if new:
+            notes.append(f"new {new[:10]}")
+        return {
+            "success": forward <= threshold and backward <= threshold,
+            "result": {
+                "observed_value": max(forward, backward),
+                "details": {
+                    # the keys GE's renderers read
+                    "observed_partition": {"values": values, "weights": [cur.get(v, 0.0) for v in values]},
+                    "expected_partition": {"values": values, "weights": [ref.get(v, 0.0) for v in values]},
+                    "kl_reference_current": forward,
+                    "kl_current_reference": backward,
+                    "missing_values": missing,
+                    "new_values": new,
+                    "note": "; ".join(notes),
+                },
+            },
+        }
 
 
 def _meta(table: str, check: str, column: str | None = None) -> dict[str, Any]:
@@ -40,8 +109,10 @@ def build(
     reference: dict[str, Any] | None,
     require_rows: bool,
     now: dt.datetime,
+    source: str = "",
 ) -> list[Any]:
-    """Expectations for one table. `keys` holds the key values of every table, for referential integrity."""
+    """Expectations for one table. `keys` holds the key values of every table present, for referential
+    integrity; `source` is the dataset's (its manifest's), which picks the label-rate bounds."""
     E = gx.expectations
     t = TABLES[table]
     present = [c for c in t.columns if c.name in df.columns]
@@ -86,6 +157,18 @@ def build(
                     meta=_meta(table, f"referential integrity -> {c.ref[0]}.{c.ref[1]}", c.name),
                 )
             )
+        elif c.ref is not None and TABLES[c.ref[0]].optional:
+            # The optional target table is absent, so nothing can point into it: a null reference is fine
+            # (Taobao has no queries), a value names a row that is not there. (A missing required table
+            # already fails "table present".)
+            out.append(
+                E.ExpectColumnValuesToBeNull(
+                    column=c.name,
+                    meta=_meta(
+                        table, f"referential integrity -> {c.ref[0]}.{c.ref[1]} (table missing)", c.name
+                    ),
+                )
+            )
         if c.kind == "ts":
             # events have a plausible start; an item may have launched any time before (old films)
             event = c.name == t.time_column and table != "items"
@@ -111,11 +194,12 @@ def build(
             E.ExpectCompoundColumnsToBeUnique(column_list=key_present, meta=_meta(table, "key uniqueness"))
         )
     if t.label_column and t.label_column in df.columns and len(df):
+        lo, hi = cfg.click_rate_bounds(source)
         out.append(
             E.ExpectColumnMeanToBeBetween(
                 column=t.label_column,
-                min_value=cfg.click_rate_min,
-                max_value=cfg.click_rate_max,
+                min_value=lo,
+                max_value=hi,
                 meta=_meta(table, "label rate bounds", t.label_column),
             )
         )
@@ -153,7 +237,7 @@ def _drift(table: str, df: pd.DataFrame, cfg: ValidationConfig, ref: dict[str, A
         values, weights = part["values"], part["weights"]
         total = sum(weights)
         out.append(
-            E.ExpectColumnKLDivergenceToBeLessThan(
+            ExpectColumnCategorySharesToStayClose(
                 column=col,
                 partition_object={"values": values, "weights": [w / total for w in weights]},
                 threshold=cfg.drift_kl_threshold,
