@@ -182,6 +182,11 @@ def test_refusals(registry_uri: str) -> None:
     with pytest.raises(MlflowException):  # MLflow refuses the alias itself: no move, and no record of one
         registry.move_alias(c, "ctr", "latest", 1, "a reserved alias")
     assert registry.history(c, "ctr") == []
+    # a move the history cannot hold (MLflow's tag values stop at 100k characters; PostgreSQL's column at
+    # 5000) is refused before the alias moves: never a move without its record
+    with pytest.raises(MlflowException):
+        registry.move_alias(c, "ctr", "champion", 1, "x" * 100_001)
+    assert registry.alias_version(c, "ctr", "champion") is None and registry.history(c, "ctr") == []
 
 
 def test_model_cli(registry_uri: str, tmp_path: Path) -> None:
