@@ -65,7 +65,7 @@ HEADLINE = {
 @dataclass
 class StageSummary:
     name: str
-    status: str  # succeeded | failed | skipped (branch not taken) | not run (stopped earlier)
+    status: str  # succeeded | failed | skipped (branch decided against) | not run (not yet, or never)
     duration_s: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
@@ -93,24 +93,27 @@ class RunSummary:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
+# Branch groups that run under a dsl.If on a stage's metric rather than as alternatives: every stage of the
+# group runs, one after the other, when the metric is true (ads_full's deploy branch: register, then abtest,
+# when the gate passed). Any other group is a dsl.If/Else whose outputs a dsl.OneOf joins: one stage runs.
+CONDITIONS = {"deploy": ("gate", "passed")}
+
+
 def stage_summaries(client: Any, experiment_id: str, parent_run_id: str, stages: Any) -> list[StageSummary]:
+    """Each stage's summary from its MLflow child run. A stage with no child run is "skipped" only when its
+    branch was decided against it (its alternative ran; its condition's metric is false), else "not run":
+    not yet (the console shows it as waiting) or never (the run stopped before it)."""
     children = client.search_runs(
         [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=500
     )
     by_stage = {r.data.tags.get(STAGE_TAG): r for r in children}
     ran_groups = {s.branch_of for s in stages if s.name in by_stage and s.branch_of}
     out = []
-    for i, s in enumerate(stages):
+    for s in stages:
         r = by_stage.get(s.name)
         if r is None:
-            # a branch not taken is "skipped": its alternative ran, or the stages before it all succeeded
-            before_ok = all(
-                by_stage.get(p.name) is not None and by_stage[p.name].data.tags.get(STATUS_TAG) == "succeeded"
-                for p in stages[:i]
-                if not p.branch_of
-            )
-            status = "skipped" if s.branch_of in ran_groups or (s.branch_of and before_ok) else "not run"
-            out.append(StageSummary(s.name, status))
+            decided = _decided_against(s.branch_of, by_stage, ran_groups)
+            out.append(StageSummary(s.name, "skipped" if decided else "not run"))
             continue
         metrics = dict(r.data.metrics)
         tags = r.data.tags
@@ -129,6 +132,17 @@ def stage_summaries(client: Any, experiment_id: str, parent_run_id: str, stages:
             )
         )
     return out
+
+
+def _decided_against(group: str | None, by_stage: dict[str, Any], ran_groups: set[str]) -> bool:
+    if group is None:
+        return False
+    if group in CONDITIONS:
+        stage, metric = CONDITIONS[group]
+        decider = by_stage.get(stage)
+        # no value yet (the deciding stage has not finished, or failed) decides nothing
+        return decider is not None and decider.data.metrics.get(metric) == 0
+    return group in ran_groups
 
 
 def write(summary: RunSummary, runs_dir: str | Path) -> Path:
