@@ -81,6 +81,7 @@ def run_pipeline(
     stage_run.params(settings.model_dump(exclude={"placement"}))
     args = pipeline_arguments(settings, parent_id)
     error: str | None = None
+    crashed: Exception | None = None
     try:
         if p.kfp_host:
             status, error = _submit(settings, pipeline, args, run_id)
@@ -89,6 +90,10 @@ def run_pipeline(
     except (Cancelled, KeyboardInterrupt):
         status, error = "cancelled", "cancelled by a person (SIGTERM or Ctrl-C) before it finished"
         cancelled_ms = int(time.time() * 1000)
+    except Exception as e:
+        # the local Ray head did not start, compiling or submitting failed...: the run still ends with a
+        # summary and its parent run FAILED (not RUNNING for ever), then the error goes on to the caller
+        status, error, crashed = "failed", f"{type(e).__name__}: {e}", e
     stages = stage_summaries(c, exp_id, parent_id, _stages(pipeline))
     if status == "cancelled":
         for st in stages:
@@ -122,6 +127,8 @@ def run_pipeline(
     c.set_terminated(parent_id, end)
     if show:
         render(summary)
+    if crashed is not None:
+        raise crashed
     return summary
 
 
