@@ -19,7 +19,12 @@ to kfp's own runner (with the condition evaluator fixed), since this project doe
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +221,27 @@ def _evaluate_with_store(condition: str, io_store: Any) -> bool:
         key = m.group(1)[1:-1]
         values[key] = io_store.get_parent_input(key)
     return evaluate_condition(condition, values)
+
+
+@contextmanager
+def task_tempdir(name: str) -> Iterator[Path]:
+    """A temp folder of its own for the tasks run in the block, deleted at its end.
+
+    Each task writes its component to `mktemp -d` and never deletes it (FIELD-NOTES); what tasks create with
+    `tempfile` stays behind too. Tasks are subprocesses of this one, so they find TMPDIR in the environment
+    they inherit. Deleting by name (`tmp*` holding an ephemeral_component.py) took the live task folders of
+    every other run on the machine as well."""
+    folder = Path(tempfile.mkdtemp(prefix=f"adflow-{name}-"))  # also fixes this process's own tempdir first
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def init(pipeline_root: str | Path) -> None:

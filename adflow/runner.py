@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -153,22 +152,13 @@ def _run_local(
             settings = settings.model_copy(deep=True)
             settings.placement.ray_address = address
             args = {**args, "settings_json": settings.to_json()}
+        # after the head: its processes keep the machine's temp folder
+        stack.enter_context(kfp_local.task_tempdir(run_id))
         try:
             load_pipeline(pipeline)(**args)
             return "succeeded", None
         except RuntimeError as e:  # kfp.local raises RuntimeError naming the failed task
             return "failed", str(e).strip().splitlines()[0] if str(e).strip() else "pipeline failed"
-        finally:
-            _cleanup_local_tmp()
-
-
-def _cleanup_local_tmp() -> None:
-    """The local runner leaves one temp folder per task under /tmp (FIELD-NOTES); remove what it left."""
-    import tempfile
-
-    for d in Path(tempfile.gettempdir()).glob("tmp*"):
-        if d.is_dir() and (d / "ephemeral_component.py").exists():
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def _submit(settings: Settings, pipeline: str, args: dict[str, Any], run_id: str) -> tuple[str, str | None]:

@@ -35,3 +35,18 @@ def branches(source: str = "synth", n: int = 3, score: float = 0.7) -> str:
     with dsl.If(gate.output == True):  # noqa: E712 - KFP builds the condition from this expression
         mark(text="deployed")
     return echo(text=chosen).output
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def where(out: dsl.Output[dsl.Artifact]) -> None:
+    """Where the task's program was written, and its temp folder."""
+    import os
+    import tempfile
+
+    with open(out.path, "w") as f:
+        f.write(f"{os.path.dirname(os.path.abspath(__file__))}\n{tempfile.gettempdir()}")
+
+
+@dsl.pipeline
+def temp_probe() -> None:
+    where()

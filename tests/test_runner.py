@@ -3,6 +3,8 @@ cannot start, where its tasks' temp folders go, and the local Ray head's start t
 
 import contextlib
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,3 +31,29 @@ def test_a_run_whose_ray_head_fails_still_ends_with_a_failed_summary(tmp_path: P
     assert (tmp_path / "runs" / "latest").resolve().name == "r1"
     c = tracking.client(s.placement.tracking_uri())
     assert c.get_run(summary["mlflow"]["parent_run_id"]).info.status == "FAILED"
+
+
+def test_a_run_deletes_its_own_task_folders_only(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A real KFP local task: its program goes to the run's own temp folder, deleted with the run; another
+    run's live task folder in the machine's temp folder stays (this test's stand-in for /tmp)."""
+    import pipelines
+
+    machine_tmp = tmp_path / "machine-tmp"
+    machine_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(machine_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(machine_tmp))
+    other = machine_tmp / "tmp.otherRunTask"
+    other.mkdir()
+    (other / "ephemeral_component.py").write_text("# another run's task, still going")
+    monkeypatch.setitem(pipelines.PIPELINES, "temp_probe", "tests.kfp_probe:temp_probe")
+    s = small_settings(tmp_path)
+    ws = tmp_path / "ws"
+
+    assert runner._run_local(s, "temp_probe", {}, ws, "r1") == ("succeeded", None)
+    (out,) = (ws / "kfp" / "r1").rglob("out")
+    program, task_tmp = out.read_text().splitlines()
+    assert Path(program).parent == Path(task_tmp)  # the program and the task's tempfile: the run's folder
+    assert Path(task_tmp).parent == machine_tmp and Path(task_tmp).name.startswith("adflow-r1-")
+    assert not Path(task_tmp).exists()  # deleted with the run
+    assert (other / "ephemeral_component.py").exists()
+    assert os.environ["TMPDIR"] == str(machine_tmp)  # restored for whatever runs next in this process
