@@ -54,9 +54,6 @@ def worker_node(address: str, num_cpus: int | None = None, timeout_s: float = 12
 @contextmanager
 def _ray_start(args: list[str], num_cpus: int | None, ready: str, timeout_s: float) -> Iterator[str]:
     """`ray start --block ARGS`; yields the first group of `ready` found in its output; stops it at the end."""
-    import threading
-    import time
-
     # no drain on SIGTERM: Ray 2.60 first drains the node for up to 30 s, waiting for every worker lease to be
     # returned (meant for Serve replicas on a pod being replaced). A finished run's node waited out ~10 s of it,
     # with the stop falling back to killing its processes; our node is stopped only when its work is done.
@@ -72,29 +69,58 @@ def _ray_start(args: list[str], num_cpus: int | None, ready: str, timeout_s: flo
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    assert proc.stdout is not None
-    seen: list[str] = []
-    found = None
-    deadline = time.time() + timeout_s
-    while found is None and time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        seen.append(line)
-        match = re.search(ready, line)
-        if match:
-            found = match.group(1)
+    found, seen = _wait_for(proc, ready, timeout_s)
     if found is None:
+        code = proc.poll()
+        why = f"exited with code {code}" if code is not None else f"not ready in {timeout_s:g} s: stopped it"
         _stop(proc)
-        raise RuntimeError(f"{' '.join(cmd[1:])} failed:\n" + "".join(seen[-40:]))
-    # keep draining its output so it never blocks on a full pipe
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+        raise RuntimeError(f"{' '.join(cmd[1:])} failed ({why}):\n" + "".join(seen[-40:]))
     try:
         yield found
     finally:
         _stop(proc)
+
+
+def _wait_for(proc: subprocess.Popen[str], ready: str, timeout_s: float) -> tuple[str | None, list[str]]:
+    """The first group of `ready` in the process's output within `timeout_s` (None: it exited first, or the
+    time ran out), and the lines read. The output is read in a thread, which drains it for as long as the
+    process lives (it must never block on a full pipe): reading it here would wait past any deadline on a
+    process that hangs without printing."""
+    import queue
+    import threading
+    import time
+
+    assert proc.stdout is not None
+    stream = proc.stdout
+    lines: queue.Queue[str | None] = queue.Queue()
+    done = threading.Event()
+
+    def read() -> None:
+        for line in stream:
+            if not done.is_set():
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:  # its output closed: it has exited, or is about to
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=min(left, 5.0))
+                break
+            seen.append(line)
+            match = re.search(ready, line)
+            if match:
+                return match.group(1), seen
+        return None, seen
+    finally:
+        done.set()
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

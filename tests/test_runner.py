@@ -4,10 +4,14 @@ cannot start, where its tasks' temp folders go, and the local Ray head's start t
 import contextlib
 import json
 import os
+import stat
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from adflow import ray_cluster, runner, tracking
@@ -57,3 +61,53 @@ def test_a_run_deletes_its_own_task_folders_only(tmp_path: Path, monkeypatch) ->
     assert not Path(task_tmp).exists()  # deleted with the run
     assert (other / "ephemeral_component.py").exists()
     assert os.environ["TMPDIR"] == str(machine_tmp)  # restored for whatever runs next in this process
+
+
+def _fake_ray(tmp_path: Path, monkeypatch, script: str) -> None:  # type: ignore[no-untyped-def]
+    """`ray start` stand-in: the head's start, not Ray's, is what is tested."""
+    exe = tmp_path / "ray"
+    exe.write_text(f"#!/bin/sh\n{script}\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(ray_cluster, "_ray_bin", lambda: str(exe))
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE}
+
+
+def test_a_ray_head_that_hangs_silently_times_out_and_is_stopped(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _fake_ray(tmp_path, monkeypatch, "exec sleep 30")
+    before = _children()
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with ray_cluster.local_head(timeout_s=1):
+                pass
+        except BaseException as e:
+            raised.append(e)
+
+    t0 = time.monotonic()
+    waiter = threading.Thread(target=start, daemon=True)
+    waiter.start()
+    waiter.join(20)  # the old reader waited for a line that never came: until the command exited
+    assert not waiter.is_alive(), "local_head ignored its timeout"
+    assert time.monotonic() - t0 < 15
+    (e,) = raised
+    assert isinstance(e, RuntimeError) and "not ready in 1 s" in str(e)
+    assert not _children() - before  # the hung command was stopped
+
+
+def test_a_ray_head_that_prints_its_address_is_used_then_stopped(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _fake_ray(
+        tmp_path, monkeypatch, "echo starting; echo \"  ray start --address='10.0.0.1:6379'\"; exec sleep 30"
+    )
+    before = _children()
+    with ray_cluster.local_head(timeout_s=10) as address:
+        assert address == "10.0.0.1:6379"
+        assert _children() - before
+    assert not _children() - before
+    _fake_ray(tmp_path, monkeypatch, "echo 'no luck'; exit 3")
+    with pytest.raises(RuntimeError, match="exited with code 3") as e, ray_cluster.local_head(timeout_s=10):
+        pass
+    assert "no luck" in str(e.value)  # its output, for the person reading the error
