@@ -608,9 +608,12 @@ def ui(
 @app.command()
 def serve(
     experiment: Annotated[str | None, typer.Option(help="the A/B experiment the router serves")] = None,
-    dataset: Annotated[Path | None, typer.Option(help="dataset folder (default: the latest run's)")] = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="dataset folder (default: the most recent succeeded run's)")
+    ] = None,
     selector: Annotated[
-        Path | None, typer.Option(help="Creative4U selector behind /explain (default: the latest run's)")
+        Path | None,
+        typer.Option(help="Creative4U selector behind /explain (default: the most recent succeeded run's)"),
     ] = None,
     port: Annotated[int, typer.Option(help="router port on 127.0.0.1")] = 3000,
     simulate_requests: Annotated[
@@ -625,13 +628,13 @@ def serve(
     import time
 
     from adflow.creative.choose import selector_folder
-    from adflow.summary import latest_dataset, latest_selector
+    from adflow.summary import DATASET, SELECTOR
     from serving.core import ServeConfig
     from serving.launch import ServeError
     from serving.launch import serve as launch
 
     s = _settings(preset, placement, set_).resolved()
-    data = str(dataset) if dataset else latest_dataset(s.placement.runs_dir)
+    data = str(dataset) if dataset else _from_latest_run(s.placement.runs_dir, DATASET, "dataset")
     if not data or not Path(data).is_dir():
         typer.secho("error: no dataset: give --dataset or run `make run` first", fg="red", err=True)
         raise typer.Exit(2)
@@ -640,7 +643,7 @@ def serve(
         preload = sorted({a.model for a in exp.arms})
     else:
         preload = ["champion"]
-    chosen = str(selector) if selector else latest_selector(s.placement.runs_dir)
+    chosen = str(selector) if selector else _from_latest_run(s.placement.runs_dir, SELECTOR, "selector")
     if selector and selector_folder(selector) is None:
         typer.secho(f"error: {selector} holds no trained Creative4U selector", fg="red", err=True)
         raise typer.Exit(2)
@@ -670,9 +673,25 @@ def serve(
         raise typer.Exit(1) from e
 
 
+def _from_latest_run(runs_dir: str, places: tuple[tuple[str, str], ...], what: str) -> str | None:
+    """An artifact of the most recent succeeded run that has one, saying which run it came from."""
+    from adflow.summary import latest_artifact
+
+    found = latest_artifact(runs_dir, places)
+    if found:
+        typer.echo(f"{what}: {found[0]} (from run {found[1]}, the most recent succeeded run with one)")
+    return found[0] if found else None
+
+
 # ---------------------------------------------------------------- seed studies
 
-RunDir = Annotated[Path, typer.Option("--run", help="a finished run's folder (its data is reused)")]
+RunDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--run",
+        help="a finished run's folder (its data is reused; default: the most recent succeeded run with it)",
+    ),
+]
 Seeds = Annotated[str, typer.Option("--seeds", help="seeds: 0-5, 0,3,7 or 1-3,8")]
 StudyOut = Annotated[
     Path | None,
@@ -680,12 +699,25 @@ StudyOut = Annotated[
 ]
 
 
-def _study(kind: str, run: Path, seeds: str, out: Path | None, needs: str, fn: Any) -> None:
-    """Find the run's data (`needs`: "dataset" or "features"), run `fn(data, seeds, folder)`, print."""
+def _study(
+    kind: str, s: Settings, run: Path | None, seeds: str, out: Path | None, needs: str, fn: Any
+) -> None:
+    """Find the run's data (`needs`: "dataset" or "features"), run `fn(data, seeds, folder)`, print.
+    No `run`: the most recent succeeded run that has it (runs/latest is the newest run, even a failed one)."""
     from adflow import study as S
+    from adflow.summary import DATASET, FEATURES, latest_artifact
 
     folder = out or Path("runs") / f"study-{kind}"
     what = {"dataset": "data set (synth or ingest)", "features": "feature set (did its features stage run?)"}
+    if run is None:
+        found = latest_artifact(s.placement.runs_dir, {"dataset": DATASET, "features": FEATURES}[needs])
+        label = {"dataset": "data set", "features": "feature set"}[needs]
+        if found is None:
+            typer.secho(f"error: no succeeded run under {s.placement.runs_dir} has a {label}: pass --run",
+                        fg="red", err=True)  # fmt: skip
+            raise typer.Exit(2)
+        run = found[1]
+        typer.echo(f"run: {run} (the most recent succeeded run with a {label})")
     try:
         data = S.run_artifacts(run)
         if needs not in data:
@@ -701,7 +733,7 @@ def _study(kind: str, run: Path, seeds: str, out: Path | None, needs: str, fn: A
 
 @study_app.command("creative")
 def study_creative(
-    run: RunDir = Path("runs/latest"),
+    run: RunDir = None,
     seeds: Seeds = "0-5",
     out: StudyOut = None,
     preset: Preset = "tiny",
@@ -712,12 +744,12 @@ def study_creative(
     from adflow.study import creative_study
 
     s = _settings(preset, placement, set_)
-    _study("creative", run, seeds, out, "dataset", lambda d, seeds, f: creative_study(s, d, seeds, f))
+    _study("creative", s, run, seeds, out, "dataset", lambda d, seeds, f: creative_study(s, d, seeds, f))
 
 
 @study_app.command("moon")
 def study_moon(
-    run: RunDir = Path("runs/latest"),
+    run: RunDir = None,
     seeds: Seeds = "0-4",
     out: StudyOut = None,
     preset: Preset = "tiny",
@@ -728,12 +760,12 @@ def study_moon(
     from adflow.study import moon_study
 
     s = _settings(preset, placement, set_)
-    _study("moon", run, seeds, out, "dataset", lambda d, seeds, f: moon_study(s, d, seeds, f))
+    _study("moon", s, run, seeds, out, "dataset", lambda d, seeds, f: moon_study(s, d, seeds, f))
 
 
 @study_app.command("ctr")
 def study_ctr(
-    run: RunDir = Path("runs/latest"),
+    run: RunDir = None,
     seeds: Seeds = "0-9",
     variants: Annotated[
         str, typer.Option(help="CTR variants trained side by side, comma-separated")
@@ -749,4 +781,4 @@ def study_ctr(
 
     s = _settings(preset, placement, set_)
     names = [v.strip() for v in variants.split(",") if v.strip()]
-    _study("ctr", run, seeds, out, "features", lambda d, seeds, f: ctr_study(s, d, seeds, names, base, f))
+    _study("ctr", s, run, seeds, out, "features", lambda d, seeds, f: ctr_study(s, d, seeds, names, base, f))

@@ -169,15 +169,51 @@ def stage_artifacts(summary_path: str | Path) -> dict[str, dict[str, str]]:
     return {st["name"]: dict(st.get("artifacts") or {}) for st in json.loads(path.read_text())["stages"]}
 
 
+# Where a run's data set, feature set and Creative4U selector are: (stage, artifact name), the first found wins.
+DATASET = (("synth", "dataset"), ("ingest", "dataset"))
+FEATURES = (("features", "features"),)
+SELECTOR = (("creative", "creative"),)
+
+
+def latest_artifact(runs_dir: str | Path, places: tuple[tuple[str, str], ...]) -> tuple[str, Path] | None:
+    """(artifact, run folder) from the most recent succeeded run that has one of `places`, or None.
+
+    Not simply runs/latest: that is the newest run whatever its end, and a run that failed validation (its
+    data set rejected), was cancelled, or was only submitted has nothing to reuse. Recency: the summary's
+    start time, then the file's time (for summaries without one)."""
+    found = []
+    for path in Path(runs_dir).glob("*/summary.json"):
+        if path.parent.name == "latest":
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):  # being written, or not a summary
+            continue
+        if data.get("status") != "succeeded":
+            continue
+        stages = {st["name"]: st for st in data.get("stages", [])}
+        for stage, name in places:
+            st = stages.get(stage, {})
+            value = (st.get("artifacts") or {}).get(name)
+            if value and st.get("status") == "succeeded":
+                found.append(((data.get("started_at") or "", path.stat().st_mtime), value, path.parent))
+                break
+    if not found:
+        return None
+    _, value, run = max(found, key=lambda f: f[0])
+    return value, run
+
+
 def latest_dataset(runs_dir: str | Path) -> str | None:
-    """The dataset folder of the latest run (its synth or ingest stage), or None when there is none."""
-    stages = stage_artifacts(Path(runs_dir) / "latest" / "summary.json")
-    return next((stages[s]["dataset"] for s in ("synth", "ingest") if stages.get(s, {}).get("dataset")), None)
+    """The data set (its synth or ingest stage's) of the most recent succeeded run that made one."""
+    found = latest_artifact(runs_dir, DATASET)
+    return found[0] if found else None
 
 
 def latest_selector(runs_dir: str | Path) -> str | None:
-    """The latest run's Creative4U stage output (its trained selector), if that stage trained one."""
-    return stage_artifacts(Path(runs_dir) / "latest" / "summary.json").get("creative", {}).get("creative")
+    """The Creative4U stage's output (its trained selector) of the most recent succeeded run that has one."""
+    found = latest_artifact(runs_dir, SELECTOR)
+    return found[0] if found else None
 
 
 def _fmt(v: float) -> str:
