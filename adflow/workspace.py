@@ -135,10 +135,19 @@ def prune(
     go with them: a later run can no longer `resume_from` them), and the folders left empty above them.
     Returns what was (or, with dry_run, would be) deleted."""
     root = Path(workspace) / "steps"
-    old = [f for f in step_folders(workspace, now) if f.age_days >= older_than_days]
+    old: list[StepFolder] = []
+    # a folder inside another one (an input copy under a step folder) or marked twice (a copy that died
+    # between its two markers) goes with the outer one: counted once, deleted once. A folder inside an old
+    # one is old too: its files are among the outer one's.
+    for f in sorted(step_folders(workspace, now), key=lambda f: len(f.path.parts)):
+        if f.age_days >= older_than_days and not any(f.path.is_relative_to(o.path) for o in old):
+            old.append(f)
+    old.sort(key=lambda f: -f.age_days)
     if dry_run:
         return old
     for f in old:
+        if not f.path.exists():  # deleted since it was listed (another prune got there first)
+            continue
         shutil.rmtree(f.path)
         parent = f.path.parent
         while parent != root and parent.is_relative_to(root) and not any(parent.iterdir()):

@@ -164,3 +164,31 @@ def test_a_copy_that_dies_midway_is_listed_for_prune(tmp_path: Path, monkeypatch
     monkeypatch.undo()
     data = shared_input(cluster, src)  # the next step copies afresh; the dead one stays for prune
     assert (data / MARKER).exists() and len(step_folders(tmp_path / "ws")) == 2
+
+
+def test_prune_takes_nested_and_twice_marked_folders_once(tmp_path: Path) -> None:
+    """An input copy inside a step folder, and a copy that died between writing MARKER and removing PARTIAL:
+    each folder is deleted (and counted) once, and prune does not trip over what the outer one took along."""
+    from adflow.workspace import STEP_MARKER, prune, step_folders
+
+    ws = tmp_path / "ws"
+    step = ws / "steps" / "gcs" / "run1" / "synth" / "1"
+    inner = step / "dataset"
+    inner.mkdir(parents=True)
+    (step / STEP_MARKER).write_text("/gcs/run1/synth/1")
+    (inner / MARKER).write_text("/gcs/run1/synth/1/dataset")
+    (inner / "items.parquet").write_bytes(b"x" * 100)
+    both = ws / "steps" / "pod" / ".dataset.0badf00d"
+    both.mkdir(parents=True)
+    (both / MARKER).write_text("/pod/dataset")
+    (both / PARTIAL).write_text("/pod/dataset")
+    (both / "items.parquet").write_bytes(b"y" * 10)
+    later = 4e9  # every folder is old by then
+    assert len(step_folders(ws, now=later)) == 4
+
+    would = prune(ws, 1, dry_run=True, now=later)
+    assert sorted(f.path for f in would) == sorted([step, both])
+    assert sum(f.size_bytes for f in would) == sum(p.stat().st_size for p in ws.rglob("*") if p.is_file())
+    gone = prune(ws, 1, now=later)
+    assert sorted(f.path for f in gone) == sorted([step, both])
+    assert not step.exists() and not both.exists() and not step_folders(ws)
