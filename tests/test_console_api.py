@@ -315,3 +315,174 @@ def test_conclude_and_promote_the_winner(env: dict[str, Any]) -> None:
     assert "won A/B test e2: lift +4%" in c.get("/api/models/ctr-ciubm").json()["history"][0]["reason"]
     r = c.post("/api/experiments/e2/conclude", json={**body, "winner": "treatment"}, headers=ADMIN)
     assert r.status_code == 422 and "concluded" in r.json()["detail"]
+
+
+# ---------------------------------------------------------------------------- runs' lives, and changes' edges
+def _bare_core(tmp: Path) -> Any:
+    """A console over a temp workspace with nothing in it (no registry): for what does not need one."""
+    from adflow.config import load_settings
+    from adflow.console.core import ConsoleCore
+
+    base = [f"placement.workspace={tmp / 'ws'}", f"placement.runs_dir={tmp / 'runs'}"]
+    return ConsoleCore(load_settings("tiny", "local", base), "local", base, cwd=Path(__file__).parents[1])
+
+
+def _launcher(tmp: Path) -> Any:
+    from adflow.console.jobs import ConsoleDB, Launcher
+
+    return Launcher(ConsoleDB(tmp / "console.sqlite"), tmp / "logs", tmp / "runs", "local", [])
+
+
+def _job(rid: str, pid: int | None, status: str = "running", **kw: Any) -> Any:
+    from adflow.console.jobs import Job, now
+
+    return Job(rid, "data_check", "tiny", "local", [], "alice", status, pid, kw.pop("exit_code", None),
+               kw.pop("started_at", now()), kw.pop("finished_at", None), kw.pop("log", "/nonexistent.log"), **kw)  # fmt: skip
+
+
+def _until(cond: Any, limit_s: float = 10) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_restarted_console_adopts_a_run_still_going(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from adflow.console import jobs
+
+    monkeypatch.setattr(jobs, "ADOPT_POLL_S", 0.05, raising=False)
+    first = _launcher(tmp_path)
+    # a run the last console started (its own session: it outlived that console)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"], start_new_session=True)
+    first.db.insert(_job("20990101-000000-adopt0", proc.pid))
+    again = _launcher(tmp_path)  # the restart: the run is still going, so it stays running...
+    assert again.db.job("20990101-000000-adopt0").status == "running"
+    out = tmp_path / "runs" / "20990101-000000-adopt0"
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text(json.dumps({"status": "succeeded"}))
+    proc.wait()
+    # ...and is settled from its summary when its process ends (before the fix: "running" for ever)
+    _until(lambda: again.db.job("20990101-000000-adopt0").status != "running")
+    assert again.db.job("20990101-000000-adopt0").status == "succeeded"
+
+
+def test_a_pid_given_to_another_process_is_not_the_run(tmp_path: Path) -> None:
+    import sqlite3
+    import subprocess
+
+    from adflow.console.jobs import ConsoleDB, proc_start_time
+
+    # a console.sqlite from before pid_start: migrated on open, its rows read with pid_start None
+    old = tmp_path / "console.sqlite"
+    db = sqlite3.connect(old)
+    db.execute("CREATE TABLE jobs (run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, preset TEXT NOT NULL, "
+               "placement TEXT NOT NULL, overrides TEXT NOT NULL, who TEXT NOT NULL, status TEXT NOT NULL, "
+               "pid INTEGER, exit_code INTEGER, started_at TEXT NOT NULL, finished_at TEXT, log TEXT NOT NULL)")  # fmt: skip
+    db.execute(
+        "INSERT INTO jobs VALUES ('r-old','data_check','tiny','local','[]','alice','failed',1,1,'t','t','l')"
+    )
+    db.commit()
+    db.close()
+    assert ConsoleDB(old).job("r-old").pid_start is None  # type: ignore[union-attr]
+
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)  # holds the pid the run once had
+    try:
+        start = proc_start_time(other.pid)
+        assert start is not None
+        launcher = _launcher(tmp_path)
+        launcher.db.insert(_job("r-reused", other.pid, pid_start=start - 1))
+        launcher.db.insert(_job("r-cancel", other.pid, pid_start=start - 1))
+        launcher.reconcile()  # the restart: the pid is alive, but not the run's process
+        assert launcher.db.job("r-reused").status == "lost"
+        launcher.db.update("r-cancel", status="running")
+        job, says = launcher.cancel("r-cancel")  # never signals the process that has the pid now
+        assert "already ended" in says and job.status == "cancelled"
+        time.sleep(0.3)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_run_that_ended_without_a_summary_says_how(tmp_path: Path) -> None:
+    import datetime as dt
+
+    core = _bare_core(tmp_path)
+    log = tmp_path / "dead.log"
+    log.write_text("$ adflow run\n" + "".join(f"line {i}\n" for i in range(40)) + "Killed\n")
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    core.db.insert(_job("20990101-000000-dead00", 4242, "failed", exit_code=-9, log=str(log),
+                        started_at=started.isoformat(timespec="seconds"),
+                        finished_at=(started + dt.timedelta(seconds=90)).isoformat(timespec="seconds")))  # fmt: skip
+    d = core.run("20990101-000000-dead00")
+    assert d["status"] == "failed" and not d["active"]
+    assert d["duration_s"] == 90  # its own length, not the time since it started
+    assert {s["status"] for s in d["stages"]} == {"not run"}
+    assert "exit code -9" in d["error"] and d["error"].endswith("line 39\nKilled")
+    assert "line 19" not in d["error"]  # the last lines only
+    page = TestClient(create_app(core, Tokens({}))).get("/runs/20990101-000000-dead00").text
+    assert 'id="run-error"' in page and "exit code -9" in page and "data-final" in page
+
+
+def test_settling_a_run_twice_keeps_the_first(tmp_path: Path) -> None:
+    import subprocess
+
+    launcher = _launcher(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    launcher.db.insert(_job("r-race", dead.pid))
+    # the racy order: cancel reads "running", the run ends (its waiter settles it: exit 1), then cancel goes on
+    read = launcher.db.job
+
+    def stale(run_id: str) -> Any:
+        job = read(run_id)
+        launcher.db.job = read
+        launcher._finish(run_id, 1)
+        return job
+
+    launcher.db.job = stale
+    with pytest.raises(ValueError, match="is failed"):
+        launcher.cancel("r-race")
+    launcher._finish("r-race", None)  # a late second settle (the cancel's or a poller's) changes nothing
+    j = launcher.db.job("r-race")
+    assert (j.status, j.exit_code) == ("failed", 1)
+    # a run that crashes on its own while a cancel is under way is a failure, not a cancellation
+    launcher.db.insert(_job("r-crash", dead.pid, "cancelling"))
+    launcher._finish("r-crash", 1)
+    launcher._finish("r-crash", None)
+    j = launcher.db.job("r-crash")
+    assert (j.status, j.exit_code) == ("failed", 1)
+
+
+def test_a_second_cancel_is_a_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from adflow.console.jobs import Launcher
+
+    terms = tmp_path / "terms"
+    # a run that notes each SIGTERM and goes on (as the runner does while it cleans up)
+    script = f"trap 'echo term >> {terms}' TERM; while true; do sleep 0.05; done"
+    monkeypatch.setattr(Launcher, "command", lambda self, *a: ["bash", "-c", script])
+    core = _bare_core(tmp_path)
+    c = TestClient(create_app(core, Tokens.parse([f"alice:{ADMIN_TOKEN}"], "test")))
+    rid = c.post("/api/runs", json={"pipeline": "data_check"}, headers=ADMIN).json()["run_id"]
+    pid = core.db.job(rid).pid
+    try:
+        time.sleep(0.3)  # bash has set its trap
+        r = c.post(f"/api/runs/{rid}/cancel", headers=ADMIN)
+        assert r.status_code == 202 and r.json()["status"] == "cancelling"
+        _until(lambda: terms.is_file())
+        r = c.post(f"/api/runs/{rid}/cancel", headers=ADMIN)
+        time.sleep(0.5)
+        assert terms.read_text() == "term\n"  # one SIGTERM: the second cancel sent none
+        assert r.status_code == 202 and r.json()["message"].startswith("already cancelling")
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+    _until(lambda: core.db.job(rid).status != "cancelling")
+    assert core.db.job(rid).status == "cancelled"

@@ -178,8 +178,7 @@ def create_app(core: ConsoleCore, tokens: Tokens, timeout_s: float = 10.0) -> Fa
 
     @app.post("/api/runs/{run_id}/cancel", status_code=202)
     async def api_cancel(request: Request, run_id: str) -> dict[str, Any]:
-        job = await mutate(request, "cancel", run_id, {}, lambda who: core.cancel(run_id))
-        return job.to_dict()
+        return await mutate(request, "cancel", run_id, {}, lambda who: core.cancel(run_id))
 
     # ------------------------------------------------------------------ API: models
     @app.get("/api/models")

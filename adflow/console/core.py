@@ -20,6 +20,7 @@ from adflow.console.jobs import ACTIVE, ConsoleDB, Job, Launcher, summary_of
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LOG_TAIL_LINES = 200
+NO_SUMMARY_LOG_LINES = 20  # the error shown for a run that ended without a summary quotes its log's end
 
 
 class NotFound(LookupError):
@@ -155,9 +156,10 @@ class ConsoleCore:
         self.check_trigger(pipeline, preset, overrides)
         return self.launcher.start(pipeline, preset, overrides, who)
 
-    def cancel(self, run_id: str) -> Job:
+    def cancel(self, run_id: str) -> dict[str, Any]:
         try:
-            return self.launcher.cancel(run_id)
+            job, message = self.launcher.cancel(run_id)
+            return {**job.to_dict(), "message": message}
         except KeyError:
             raise NotFound(f"no run {run_id!r} started from this console") from None
         except ValueError as e:
@@ -207,12 +209,21 @@ class ConsoleCore:
             parent, status = summary["mlflow"].get("parent_run_id", ""), summary["status"]
             pipeline, preset = summary["pipeline"], summary["preset"]
             duration, error = summary.get("duration_s"), summary.get("error")
-        else:
+        elif live:
             assert job is not None
             stages, exp_id, parent = self._live_stages(job)
             status, pipeline, preset, error = job.status, job.pipeline, job.preset, None
             started = dt.datetime.fromisoformat(job.started_at)
             duration = (dt.datetime.now(dt.UTC) - started).total_seconds()
+        else:
+            # ended without a summary (killed, crashed before the runner could write one): what the console
+            # kept is its exit code and its log
+            assert job is not None
+            stages, exp_id, parent = self._blank_stages(job, "not run"), "", ""
+            status, pipeline, preset, error = job.status, job.pipeline, job.preset, self._no_summary(job)
+            started = dt.datetime.fromisoformat(job.started_at)
+            ended = dt.datetime.fromisoformat(job.finished_at or job.started_at)
+            duration = (ended - started).total_seconds()
         rows = []
         for st in stages:
             links = [self.link(k, v) for k, v in (st.get("artifacts") or {}).items()]
@@ -238,6 +249,25 @@ class ConsoleCore:
             "summary_path": str(self.runs_dir / run_id / "summary.json") if summary else None,
         }
 
+    @staticmethod
+    def _blank_stages(job: Job, status: str) -> list[dict[str, Any]]:
+        from pipelines import PIPELINES
+
+        module = importlib.import_module(PIPELINES[job.pipeline].split(":")[0])
+        return [{"name": s.name, "status": status, "duration_s": None, "metrics": {}, "artifacts": {},
+                 "error": None, "failures": [], "note": None, "mlflow_run_id": None} for s in module.STAGES]  # fmt: skip
+
+    def _no_summary(self, job: Job) -> str:
+        code = (
+            f"exit code {job.exit_code}"
+            if job.exit_code is not None
+            else "exit code unknown: the console that started it had been restarted"
+        )
+        tail = self.log_tail(job.run_id, NO_SUMMARY_LOG_LINES).strip()
+        return f"The run ended without writing a summary ({code}). " + (
+            f"Last lines of its log:\n{tail}" if tail else "Its log is empty."
+        )
+
     def _live_stages(self, job: Job) -> tuple[list[dict[str, Any]], str, str]:
         """Per-stage status while a run goes: its MLflow child runs (each stage logs when it starts and ends)."""
         from adflow.summary import stage_summaries
@@ -245,8 +275,7 @@ class ConsoleCore:
         from pipelines import PIPELINES
 
         module = importlib.import_module(PIPELINES[job.pipeline].split(":")[0])
-        blank = [{"name": s.name, "status": "waiting", "duration_s": None, "metrics": {}, "artifacts": {},
-                  "error": None, "failures": [], "note": None, "mlflow_run_id": None} for s in module.STAGES]  # fmt: skip
+        blank = self._blank_stages(job, "waiting")
         exp = self.client.get_experiment_by_name(self.settings.placement.mlflow_experiment)
         if exp is None:
             return blank, "", ""

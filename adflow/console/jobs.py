@@ -8,6 +8,9 @@ MLflow while the run goes (the stages log there as they finish) and from the run
 
 Cancel sends SIGTERM to the run's process: the runner turns it into a clean stop (the local Ray head is shut
 down, the summary says "cancelled"); whatever is left after a grace period is killed with its process group.
+Runs outlive the console (their own session): a restarted console adopts the ones still going and settles them
+when their process ends. A pid is stored with its process's start time, so a pid the system has since given to
+another process is never taken for the run (nor signalled).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +33,14 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, preset TEXT NOT NULL, placement TEXT NOT NULL,
     overrides TEXT NOT NULL, who TEXT NOT NULL, status TEXT NOT NULL, pid INTEGER, exit_code INTEGER,
-    started_at TEXT NOT NULL, finished_at TEXT, log TEXT NOT NULL);
+    started_at TEXT NOT NULL, finished_at TEXT, log TEXT NOT NULL, pid_start INTEGER);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, detail TEXT NOT NULL, outcome TEXT NOT NULL);
 """
 ACTIVE = ("running", "cancelling")
 CANCEL_GRACE_S = 60.0  # the runner needs a few seconds to stop Ray and write its summary
+ADOPT_POLL_S = 2.0  # how often an adopted run (not our child: no wait()) is checked for having ended
 
 
 def now() -> str:
@@ -57,9 +61,15 @@ class Job:
     started_at: str
     finished_at: str | None
     log: str
+    # the process's start time (clock ticks after boot): tells the run's process from a later one given its pid
+    pid_start: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# by name, not `*`: rows map onto Job whatever the table's column order (a migration appends its column)
+JOB_COLUMNS = ", ".join(f.name for f in fields(Job))
 
 
 @dataclass
@@ -82,17 +92,26 @@ class ConsoleDB:
         self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        # a console.sqlite from before pid_start: the column is added (NULL for old rows: pid not checkable)
+        if "pid_start" not in {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN pid_start INTEGER")
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self.lock:
             return list(self.db.execute(sql, args))
 
     # ---- audit
-    def audit(self, who: str, action: str, target: str, detail: dict[str, Any], outcome: str = "ok") -> None:
-        self.execute(
-            "INSERT INTO audit (at, who, action, target, detail, outcome) VALUES (?,?,?,?,?,?)",
-            (now(), who, action, target, json.dumps(detail, sort_keys=True, default=str), outcome),
-        )
+    def audit(self, who: str, action: str, target: str, detail: dict[str, Any], outcome: str = "ok") -> int:
+        """Record an action; returns its entry's id (an action recorded as "pending" is settled later)."""
+        with self.lock:
+            cur = self.db.execute(
+                "INSERT INTO audit (at, who, action, target, detail, outcome) VALUES (?,?,?,?,?,?)",
+                (now(), who, action, target, json.dumps(detail, sort_keys=True, default=str), outcome),
+            )
+            return int(cur.lastrowid or 0)
+
+    def settle_audit(self, entry_id: int, outcome: str) -> None:
+        self.execute("UPDATE audit SET outcome = ? WHERE id = ?", (outcome, entry_id))
 
     def audit_log(self, limit: int = 500) -> list[AuditEntry]:
         rows = self.execute(
@@ -103,21 +122,28 @@ class ConsoleDB:
     # ---- jobs
     def insert(self, job: Job) -> None:
         self.execute(
-            "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (job.run_id, job.pipeline, job.preset, job.placement, json.dumps(job.overrides), job.who,
-             job.status, job.pid, job.exit_code, job.started_at, job.finished_at, job.log),
+             job.status, job.pid, job.exit_code, job.started_at, job.finished_at, job.log, job.pid_start),
         )  # fmt: skip
 
-    def update(self, run_id: str, **values: Any) -> None:
+    def update(self, run_id: str, only_if: tuple[str, ...] | None = None, **values: Any) -> bool:
+        """Set `values`; with `only_if`, only while the job's status is one of those (a compare-and-set: of two
+        threads settling the same run, the first wins). Returns whether the row changed."""
         cols = ", ".join(f"{k} = ?" for k in values)
-        self.execute(f"UPDATE jobs SET {cols} WHERE run_id = ?", (*values.values(), run_id))
+        sql, args = f"UPDATE jobs SET {cols} WHERE run_id = ?", (*values.values(), run_id)
+        if only_if is not None:
+            sql += f" AND status IN ({','.join('?' * len(only_if))})"
+            args = (*args, *only_if)
+        with self.lock:
+            return self.db.execute(sql, args).rowcount > 0
 
     def job(self, run_id: str) -> Job | None:
-        rows = self.execute("SELECT * FROM jobs WHERE run_id = ?", (run_id,))
+        rows = self.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ?", (run_id,))
         return _job(rows[0]) if rows else None
 
     def jobs(self) -> list[Job]:
-        return [_job(r) for r in self.execute("SELECT * FROM jobs ORDER BY started_at DESC")]
+        return [_job(r) for r in self.execute(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY started_at DESC")]
 
 
 def _job(row: tuple[Any, ...]) -> Job:
@@ -179,7 +205,7 @@ class Launcher:
             proc = subprocess.Popen(cmd, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)  # fmt: skip
         job = Job(run_id, pipeline, preset, self.placement, overrides, who, "running", proc.pid, None, now(),
-                  None, str(log))  # fmt: skip
+                  None, str(log), proc_start_time(proc.pid))  # fmt: skip
         self.db.insert(job)
         self.procs[run_id] = proc
         threading.Thread(target=self._wait, args=(run_id, proc), daemon=True, name=f"wait-{run_id}").start()
@@ -190,49 +216,103 @@ class Launcher:
         self._finish(run_id, code)
 
     def _finish(self, run_id: str, code: int | None) -> None:
+        """Settle a run whose process has ended. Several paths can see the end (the waiter, a cancel that
+        finds the process gone, the adopted-run poller): only the first settles it, the others change nothing
+        (a later one would overwrite the real exit code with None)."""
         job = self.db.job(run_id)
         summary = summary_of(self.runs_dir, run_id)
         if summary is not None:
             status = summary["status"]
-        elif job is not None and job.status == "cancelling":
-            status = "cancelled"  # killed before the runner could write its summary
+        elif job is not None and job.status == "cancelling" and (code is None or code < 0):
+            status = "cancelled"  # killed by a signal before the runner could write its summary
         else:
             status = "failed" if code is not None else "lost"
-        self.db.update(run_id, status=status, exit_code=code, finished_at=now())
+        self.db.update(run_id, only_if=ACTIVE, status=status, exit_code=code, finished_at=now())
         self.procs.pop(run_id, None)
 
-    def cancel(self, run_id: str) -> Job:
+    def cancel(self, run_id: str) -> tuple[Job, str]:
+        """SIGTERM the run; returns the job and what was done. A second cancel while the first is under way
+        does nothing: another SIGTERM would interrupt the runner's own clean-up."""
         job = self.db.job(run_id)
         if job is None:
             raise KeyError(run_id)
+        if job.status == "cancelling":
+            return job, "already cancelling: the run is stopping"
         if job.status not in ACTIVE or job.pid is None:
             raise ValueError(f"run {run_id} is {job.status}: only a running run can be cancelled")
-        self.db.update(run_id, status="cancelling")
-        pid = job.pid
+        pid, pid_start = job.pid, job.pid_start
+        # compare-and-set: the run may have ended (and been settled) since it was read above
+        if not self.db.update(run_id, only_if=("running",), status="cancelling"):
+            job = self.db.job(run_id) or job
+            if job.status == "cancelling":
+                return job, "already cancelling: the run is stopping"
+            raise ValueError(f"run {run_id} is {job.status}: only a running run can be cancelled")
         try:
+            if not _same_process(pid, pid_start):
+                raise ProcessLookupError(pid)  # its pid may be another process's by now: never signal that
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            self._finish(run_id, None)
-            return self.db.job(run_id) or job
-        threading.Thread(target=self._kill_later, args=(run_id, pid), daemon=True).start()
-        return self.db.job(run_id) or job
+            # ended on its own: our waiter settles it with the real exit code; a run from before a console
+            # restart is settled here
+            if run_id not in self.procs:
+                self._finish(run_id, None)
+            return self.db.job(run_id) or job, "the run's process had already ended"
+        threading.Thread(target=self._kill_later, args=(run_id, pid, pid_start), daemon=True).start()
+        return self.db.job(run_id) or job, f"cancelling: the run has {CANCEL_GRACE_S:.0f} s to stop"
 
-    def _kill_later(self, run_id: str, pid: int) -> None:
+    def _kill_later(self, run_id: str, pid: int, pid_start: int | None) -> None:
         deadline = time.monotonic() + CANCEL_GRACE_S
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not _same_process(pid, pid_start):
                 break
             time.sleep(0.5)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)  # the run's session: any task process still left
+        # the run's session: any task process still left. Skipped when the pid now names another process:
+        # a session leader that reused the pid would be the leader of its own group of the same number
+        start = proc_start_time(pid)
+        if start is None or pid_start is None or start == pid_start:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
         if run_id not in self.procs:  # a run from before a console restart: no waiter thread
             self._finish(run_id, None)
 
     def reconcile(self) -> None:
-        """After a console restart: runs whose process is gone are settled from their summary."""
+        """After a console restart: runs whose process is gone are settled from their summary; runs still
+        going are adopted (a poller settles them when their process ends: they are not our children)."""
         for job in self.db.jobs():
-            if job.status in ACTIVE and job.run_id not in self.procs and not (job.pid and _alive(job.pid)):
+            if job.status not in ACTIVE or job.run_id in self.procs:
+                continue
+            if job.pid is not None and _same_process(job.pid, job.pid_start):
+                # a cancel the last console started gets its grace period and kill from this one
+                watch = self._kill_later if job.status == "cancelling" else self._watch
+                threading.Thread(target=watch, args=(job.run_id, job.pid, job.pid_start), daemon=True,
+                                 name=f"adopt-{job.run_id}").start()  # fmt: skip
+            else:
                 self._finish(job.run_id, None)
+
+    def _watch(self, run_id: str, pid: int, pid_start: int | None) -> None:
+        while _same_process(pid, pid_start):
+            time.sleep(ADOPT_POLL_S)
+        self._finish(run_id, None)  # its exit code went to the console that started it
+
+
+def proc_start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks after boot (/proc/<pid>/stat field 22); None where unknown
+    (no such process, no /proc)."""
+    try:
+        # the name (field 2) may hold spaces and ')': the fields after it start at the last ') '
+        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        return int(after_name[19])  # after_name[0] is field 3 (state)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _same_process(pid: int, start: int | None) -> bool:
+    """The run's process is still going: the pid is alive and, where its start time was recorded and can be
+    read, it is the same process (not another one the pid was given to since)."""
+    if not _alive(pid):
+        return False
+    now_start = proc_start_time(pid)
+    return start is None or now_start is None or now_start == start
 
 
 def _alive(pid: int) -> bool:
@@ -244,6 +324,6 @@ def _alive(pid: int) -> bool:
         return True
     # a zombie (exited, not yet reaped by us) counts as gone
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return True
