@@ -486,3 +486,65 @@ def test_a_second_cancel_is_a_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         os.killpg(pid, signal.SIGKILL)
     _until(lambda: core.db.job(rid).status != "cancelling")
     assert core.db.job(rid).status == "cancelled"
+
+
+def test_a_slow_change_is_pending_then_audited_as_it_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adflow.console.core import Refused
+
+    core = _bare_core(tmp_path)
+    done: list[str] = []
+
+    def slow_promote(name: str, version: Any, alias: str, reason: str, who: str) -> dict[str, Any]:
+        time.sleep(1.0)
+        done.append(name)
+        return {"to_version": 2}
+
+    def slow_refusal(name: str, alias: str, reason: str, who: str) -> dict[str, Any]:
+        time.sleep(1.0)
+        raise Refused("no earlier champion to roll back to")
+
+    monkeypatch.setattr(core, "promote", slow_promote)
+    monkeypatch.setattr(core, "rollback", slow_refusal)
+    c = TestClient(create_app(core, Tokens.parse([f"alice:{ADMIN_TOKEN}"], "test"), timeout_s=0.2))
+    r = c.post("/api/models/m/promote", json={"reason": "won ab-1"}, headers=ADMIN)
+    # not "504, try again": the promotion goes on, and a second one would be a second move
+    assert r.status_code == 202 and r.json()["pending"] and "still in progress" in r.json()["detail"]
+    assert "try again" not in r.json()["detail"] and not done
+    assert core.db.audit_log(1)[0].outcome == "pending"
+    _until(lambda: core.db.audit_log(1)[0].outcome != "pending")
+    assert done == ["m"] and core.db.audit_log(1)[0].outcome == "ok"
+    r = c.post("/api/models/m/rollback", json={"reason": "CTR alert"}, headers=ADMIN)
+    assert r.status_code == 202
+    _until(lambda: core.db.audit_log(1)[0].outcome != "pending")
+    assert core.db.audit_log(1)[0].outcome == "refused (422): no earlier champion to roll back to"
+
+
+def test_a_change_made_with_the_cookie_must_come_from_the_console(tmp_path: Path) -> None:
+    core = _bare_core(tmp_path)
+    c = TestClient(create_app(core, Tokens.parse([f"alice:{ADMIN_TOKEN}"], "test")))
+    c.cookies.set("adflow_token", ADMIN_TOKEN)
+    page = {"X-Adflow-Console": "1", "Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    # another page on the same host (another port: same site, so SameSite=Strict still sends the cookie)
+    for headers, says in (({}, "X-Adflow-Console"), ({**page, "Origin": "http://127.0.0.1:9000"}, "another origin"),
+                          ({**page, "Sec-Fetch-Site": "same-site"}, "same-site request")):  # fmt: skip
+        r = c.post("/api/experiments/e1/pause", headers=headers)
+        assert r.status_code == 403 and says in r.json()["detail"], (headers, r.text)
+    r = c.post("/api/runs", json={"pipeline": "data_check"}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and not core.db.jobs()
+    assert (
+        core.db.audit_log(1)[0].outcome.startswith("refused (403)") and core.db.audit_log(1)[0].who == "alice"
+    )
+    # the console's own page gets through (to the A/B store's answer: no such experiment), and so does a
+    # Bearer-token client, which no other site's page can make a browser send
+    assert c.post("/api/experiments/e1/pause", headers=page).status_code == 404
+    c.cookies.clear()
+    assert c.post("/api/experiments/e1/pause", headers=ADMIN).status_code == 404
+    # signing in: only from the console's own form
+    r = c.post("/login", data={"token": ADMIN_TOKEN}, headers={"Origin": "http://127.0.0.1:9000"},
+               follow_redirects=False)  # fmt: skip
+    assert r.status_code == 403 and "adflow_token" not in r.cookies
+    r = c.post("/login", data={"token": ADMIN_TOKEN}, headers={"Origin": "http://testserver"},
+               follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303 and "adflow_token" in r.cookies

@@ -5,15 +5,25 @@
 Pages are Jinja templates over the same functions the API serves (core.py); a page's live parts (a run's
 stages and log, an experiment's results) are HTML fragments the page re-fetches every few seconds, so nothing
 needs a front-end build or an asset from the internet. Every backend call runs in a worker thread under a
-time limit: a slow MLflow or store gives a clear error on the page, never a page that hangs.
+time limit: a slow MLflow or store gives a clear error on the page, never a page that hangs. A change that
+outlasts the limit is not abandoned (its thread goes on): it is answered 202 "still in progress", and the audit
+entry written before it started says "pending" until the action ends and records how.
+
+A signed-in browser carries its token in a cookie, which SameSite=Strict keeps from other sites but not from
+another port on the same host (127.0.0.1:8000 and 127.0.0.1:9000 are one site). So a change made with the cookie
+must come from the console's own pages: the browser's Origin / Sec-Fetch-Site must say so, and the request must
+carry the header the page's scripts add (another origin's page can only add it after a CORS preflight, which the
+console never grants). Bearer-token clients are not browsers and need neither.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -26,6 +36,31 @@ from adflow.console.core import Conflict, ConsoleCore, NotFound, Refused
 
 HERE = Path(__file__).parent
 T = TypeVar("T")
+PAGE_HEADER = "X-Adflow-Console"  # sent by console.js with every change made from a page
+
+
+class Pending(Exception):
+    """A change still going when the time limit passed (answered 202, never "try again")."""
+
+
+def cross_site(headers: Mapping[str, str], host: str) -> str | None:
+    """Why a browser's request did not come from a page of this console (`host`: its Host header), or None.
+    Browsers send Sec-Fetch-Site and (on a POST) Origin; a client that sends neither is not a browser."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"a {site} request (Sec-Fetch-Site)"
+    origin = headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != host:
+        return f"a request from another origin ({origin})"
+    return None
+
+
+REFUSALS = (NotFound, Refused, Conflict)  # what the core raises for a request it will not serve
+
+
+def _as_http(e: Exception) -> HTTPException:
+    """The answer for one of REFUSALS."""
+    return HTTPException(404 if isinstance(e, NotFound) else 409 if isinstance(e, Conflict) else 422, str(e))
 
 
 class TriggerIn(BaseModel):
@@ -79,18 +114,18 @@ def create_app(core: ConsoleCore, tokens: Tokens, timeout_s: float = 10.0) -> Fa
     templates.env.filters["dur"] = _dur
     templates.env.filters["num"] = _num
 
+    # changes run on their own threads: one still going after the answer must not hold up the event loop's
+    # shutdown (the default executor's threads are waited for)
+    changes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="console-change")
+
     async def call(fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout=timeout_s)
         except TimeoutError:
             raise HTTPException(504, f"the backend did not answer within {timeout_s:.0f} s "
                                      f"(MLflow at {core.tracking_uri} or the A/B store); try again") from None  # fmt: skip
-        except NotFound as e:
-            raise HTTPException(404, str(e)) from None
-        except Refused as e:
-            raise HTTPException(422, str(e)) from None
-        except Conflict as e:
-            raise HTTPException(409, str(e)) from None
+        except REFUSALS as e:
+            raise _as_http(e) from None
 
     def token_of(request: Request) -> str | None:
         auth = request.headers.get("authorization", "")
@@ -117,15 +152,39 @@ def create_app(core: ConsoleCore, tokens: Tokens, timeout_s: float = 10.0) -> Fa
             who = "anonymous" if not token else "invalid token"
             await asyncio.to_thread(core.db.audit, who, action, target, detail, f"refused ({code}): {why}")
             raise HTTPException(code, why, headers={"WWW-Authenticate": "Bearer"} if code == 401 else None)
+        if not request.headers.get("authorization"):  # the cookie: a browser, maybe driven by another site
+            foreign = cross_site(request.headers, request.headers.get("host", ""))
+            if foreign is None and not request.headers.get(PAGE_HEADER):
+                foreign = f"a request without the {PAGE_HEADER} header the console's pages send"
+            if foreign is not None:
+                why = f"{foreign}: a change made with the sign-in cookie must come from this console's pages"
+                await asyncio.to_thread(core.db.audit, user, action, target, detail, f"refused (403): {why}")
+                raise HTTPException(403, why)
+
+        entry = await asyncio.to_thread(core.db.audit, user, action, target, detail, "pending")
+
+        def act() -> T:
+            try:
+                out = fn(user)
+            except Exception as e:
+                http = _as_http(e) if isinstance(e, REFUSALS) else None
+                core.db.settle_audit(entry, f"refused ({http.status_code}): {http.detail}" if http
+                                     else f"failed: {type(e).__name__}: {e}")  # fmt: skip
+                raise
+            core.db.settle_audit(entry, "ok")
+            return out
+
+        done = asyncio.get_running_loop().run_in_executor(changes, act)
         try:
-            out = await call(fn, user)
-        except HTTPException as e:
-            await asyncio.to_thread(
-                core.db.audit, user, action, target, detail, f"refused ({e.status_code}): {e.detail}"
-            )
-            raise
-        await asyncio.to_thread(core.db.audit, user, action, target, detail, "ok")
-        return out
+            return await asyncio.wait_for(asyncio.shield(done), timeout=timeout_s)
+        except TimeoutError:
+            # retrieved, so a later refusal is not logged as "never retrieved": the audit entry records it
+            done.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise Pending(f"{action} {target} is still in progress: the backend did not answer within "
+                          f"{timeout_s:.0f} s. It goes on; the audit log records its outcome when it ends "
+                          "(do not repeat it).") from None  # fmt: skip
+        except REFUSALS as e:
+            raise _as_http(e) from None
 
     def page(request: Request, template: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
         ctx.setdefault("error", None)
@@ -264,6 +323,10 @@ def create_app(core: ConsoleCore, tokens: Tokens, timeout_s: float = 10.0) -> Fa
     async def login(
         request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
     ) -> Response:
+        foreign = cross_site(request.headers, request.headers.get("host", ""))
+        if foreign is not None:  # another site signing this browser in (as someone it chose)
+            return page(request, "login.html", 403, error=f"{foreign}: sign in from this console's page",
+                        next="/")  # fmt: skip
         user = tokens.user(token.strip())
         if user is None:
             why = (
@@ -284,7 +347,10 @@ def create_app(core: ConsoleCore, tokens: Tokens, timeout_s: float = 10.0) -> Fa
         return resp
 
     @app.post("/logout")
-    async def logout() -> Response:
+    async def logout(request: Request) -> Response:
+        foreign = cross_site(request.headers, request.headers.get("host", ""))
+        if foreign is not None:
+            raise HTTPException(403, f"{foreign}: sign out from this console's page")
         resp = RedirectResponse("/", status_code=303)
         resp.delete_cookie(COOKIE)
         return resp
@@ -352,6 +418,10 @@ def create_app(core: ConsoleCore, tokens: Tokens, timeout_s: float = 10.0) -> Fa
     @app.get("/audit", response_class=HTMLResponse)
     async def audit_page(request: Request) -> HTMLResponse:
         return await guarded(request, "audit.html", lambda: _wrap("entries", call(core.audit)), entries=[])
+
+    @app.exception_handler(Pending)
+    async def pending(request: Request, exc: Pending) -> Response:
+        return JSONResponse({"pending": True, "detail": str(exc)}, status_code=202)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:

@@ -43,7 +43,8 @@ async function submitApi(event) {
   try {
     const resp = await fetch(form.dataset.api, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      // the header tells the console this change comes from its own page (a cookie alone does not: see app.py)
+      headers: { "Content-Type": "application/json", Accept: "application/json", "X-Adflow-Console": "1" },
       credentials: "same-origin",
       body: JSON.stringify(formBody(form)),
     });
@@ -51,6 +52,12 @@ async function submitApi(event) {
     if (!resp.ok) {
       msg.className = "msg error";
       msg.textContent = `refused (${resp.status}): ${explain(data.detail)}`;
+      return;
+    }
+    if (data.pending) {
+      // still going on the server after its time limit: say so, and do not invite a second try
+      msg.className = "msg pending";
+      msg.textContent = data.detail;
       return;
     }
     msg.className = "msg ok";
