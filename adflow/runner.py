@@ -37,6 +37,12 @@ def _stages(pipeline: str) -> Any:
 class Cancelled(BaseException):
     """Raised in the runner by SIGTERM (the console's cancel): the run stops, but its summary is still written."""
 
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        # when the signal came: stopping the local Ray head on the way out takes seconds (more on a loaded
+        # machine), and the stage stopped with the run must be told from one that failed before the cancel
+        self.at_ms = int(time.time() * 1000)
+
 
 def cancel_on_sigterm() -> None:
     """Turn SIGTERM into `Cancelled`, so `finally` blocks run (the local Ray head is stopped) and the summary
@@ -86,9 +92,9 @@ def run_pipeline(
             status, error = _submit(settings, pipeline, args, run_id)
         else:
             status, error = _run_local(settings, pipeline, args, ws, run_id)
-    except (Cancelled, KeyboardInterrupt):
+    except (Cancelled, KeyboardInterrupt) as e:
         status, error = "cancelled", "cancelled by a person (SIGTERM or Ctrl-C) before it finished"
-        cancelled_ms = int(time.time() * 1000)
+        cancelled_ms = getattr(e, "at_ms", int(time.time() * 1000))
     except Exception as e:
         # the local Ray head did not start, compiling or submitting failed...: the run still ends with a
         # summary and its parent run FAILED (not RUNNING for ever), then the error goes on to the caller
