@@ -321,6 +321,14 @@ class CreativeTrainConfig(Strict):
             raise ValueError(f"reward_weights: unknown rewards {sorted(unknown)}; use {sorted(allowed)}")
         if "accuracy" not in self.reward_weights:
             raise ValueError("reward_weights: GRPO needs the accuracy reward")
+        # a pair's two orders sit side by side in the GRPO records: an odd number of prompts per batch puts
+        # them in different batches, and the consistency reward is then 0.5 for every completion (no signal)
+        if self.reward_weights.get("consistency", 0.0) != 0 and self.grpo_prompts_per_step % 2:
+            raise ValueError(
+                f"grpo_prompts_per_step {self.grpo_prompts_per_step} is odd: a pair's two orders would fall "
+                "into different batches and the consistency reward would be a constant 0.5; use an even "
+                "number, or set reward_weights.consistency to 0"
+            )
         return self
 
 

@@ -75,6 +75,18 @@ def test_bad_settings_are_refused_with_the_key_named(override: str, message: str
     assert message in str(e.value)
 
 
+def test_odd_grpo_batch_is_refused_while_the_consistency_reward_counts() -> None:
+    """An odd number of prompts per GRPO batch splits a pair's two orders across batches: the consistency
+    reward would be a constant 0.5. Refused while it has a weight; fine without it, and any even number is."""
+    with pytest.raises(ConfigError, match=r"grpo_prompts_per_step 3 is odd.*consistency reward"):
+        load_settings("tiny", "local", ["creative_train.grpo_prompts_per_step=3"])
+    with pytest.raises(ConfigError, match="grpo_prompts_per_step 1 is odd"):
+        load_settings("tiny", "local", ["creative_train.grpo_prompts_per_step=1"])
+    off = ["creative_train.grpo_prompts_per_step=3", "creative_train.reward_weights.consistency=0"]
+    assert load_settings("tiny", "local", off).creative_train.grpo_prompts_per_step == 3
+    assert load_settings("tiny", "local", ["creative_train.grpo_prompts_per_step=4"]).creative_train
+
+
 def test_unknown_preset_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="tiny, full"):
         load_settings("huge")
