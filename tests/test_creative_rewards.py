@@ -52,6 +52,28 @@ def test_well_formed_right_and_wrong() -> None:
     assert v is not None and v.answer == "A" and v.think.startswith("The user is")
 
 
+def test_the_factor_reward_wants_one_factor_named() -> None:
+    """Naming every factor as the deciding one earns nothing (it would match any pair's factor); one factor
+    named, as the gold rationale does, earns it; and the held-out `factor_named` metric reads the same."""
+    from adflow.creative.rewards import names_factor
+    from adflow.data.world import FACTOR_TEXT
+
+    every = (
+        "<think>A: product large. B: product small. Deciding factor: product prominence and background "
+        "clutter and text legibility and colour theme, which favours A.</think><answer>A</answer>"
+    )
+    assert factor_reward([every] * 4, deciding_factor=list(FACTOR_TEXT)) == [0.0] * 4
+    two = "Deciding factor: text legibility or colour theme, which favours B."
+    assert not names_factor(two, "legibility") and not names_factor(two, "theme")
+    for factor, words in FACTOR_TEXT.items():
+        think = f"A: product large. Deciding factor: {words}, which favours A."
+        assert [names_factor(think, f) for f in FACTOR_TEXT] == [f == factor for f in FACTOR_TEXT]
+    assert factor_reward([RIGHT, WRONG], deciding_factor=["clutter", "clutter"]) == [1.0, 0.0]
+    assert factor_reward([WRONG], deciding_factor=["prominence"]) == [1.0]
+    # a data set's own factor, outside the world's words, is still read
+    assert names_factor("Deciding factor: price tag, which favours A.", "price tag")
+
+
 def test_whitespace_and_chat_messages_are_accepted() -> None:
     spaced = "\n<think> A is cleaner. </think>\n<answer> B </answer>\n"
     assert format_reward([spaced]) == [1.0] and accuracy_reward([spaced], label=["B"]) == [1.0]

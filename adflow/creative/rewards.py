@@ -7,7 +7,7 @@ completion) and wants one float per completion:
 - `format_reward`: 1 when the whole answer parses (one think block, then one answer block with A or B);
 - `accuracy_reward`: 1 when the verdict equals the pair's `label` (0 for a malformed answer);
 - `factor_reward`: 1 when the reasoning names the pair's `deciding_factor` (its words, e.g. "background
-  clutter"), so a right verdict for the wrong reason earns less;
+  clutter") and no other one, so a right verdict for the wrong reason earns less;
 - `facts_reward`: the share of the gold rationale's facts (each creative's level on each factor of the
   protocol, `gold` column) that the reasoning states alike: a graded signal on what the selector saw;
 - `consistency_reward`: position consistency. Every pair is asked in both orders (`pair_key` joins them,
@@ -73,10 +73,15 @@ def accuracy_reward(completions: Sequence[Any], label: Sequence[str], **_: Any) 
 
 
 def names_factor(think: str, factor: str) -> bool:
-    """Whether reasoning names a factor as the deciding one ("deciding factor: background clutter")."""
-    words = FACTOR_TEXT.get(factor, factor)
+    """Whether reasoning names a factor as the deciding one ("deciding factor: background clutter"), and
+    that one only: naming every factor there ("product prominence and background clutter and ...") would
+    otherwise earn the factor reward whatever the deciding factor was."""
     m = re.search(r"deciding factor:\s*([^,.]+)", think, re.I)
-    return m is not None and words.lower() in m.group(1).lower()
+    if m is None:
+        return False
+    said = m.group(1).lower()
+    words = FACTOR_TEXT | {factor: FACTOR_TEXT.get(factor, factor)}  # a data set's own factor names too
+    return [f for f, w in words.items() if w.lower() in said] == [factor]
 
 
 def factor_reward(completions: Sequence[Any], deciding_factor: Sequence[str], **_: Any) -> list[float]:
