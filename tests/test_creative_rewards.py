@@ -297,6 +297,25 @@ def test_serving_gets_the_better_variant_that_clears_the_floor(tmp_path: Path) -
     assert selector_folder(tmp_path) == tmp_path / "selector"
 
 
+def test_a_selector_its_stage_does_not_serve_is_refused_when_named_directly(tmp_path: Path) -> None:
+    """The selector folder named directly serves only what its stage serves: a selector that failed the
+    serving floor (creative.json `served` null) is refused with the stage's reason, not served one folder
+    down; a served one, or a selector folder with no stage around it, is taken as it is."""
+    from adflow.creative.choose import selector_folder
+
+    sel = tmp_path / "selector"
+    sel.mkdir()
+    (sel / "selector.json").write_text("{}")
+    assert selector_folder(sel) == sel  # a selector on its own (no stage's creative.json beside it)
+    why = "no selector is served: held-out accuracy SFT 0.500 ± 0.030 does not clear serve_min_accuracy 0.60"
+    (tmp_path / "creative.json").write_text(json.dumps({"served": None, "selector": "selector", "note": why}))
+    with pytest.raises(ValueError, match=r"does not serve .*served: null.*serve_min_accuracy 0\.60"):
+        selector_folder(sel)
+    assert selector_folder(tmp_path) is None  # the stage folder: no selector, as before
+    (tmp_path / "creative.json").write_text(json.dumps({"served": "sft", "selector": "selector"}))
+    assert selector_folder(sel) == sel == selector_folder(tmp_path)
+
+
 def test_accuracy_intervals_count_products_not_answers() -> None:
     """Answers about one product are right or wrong together: the interval treats products as the draws, so
     it widens when whole products move together and matches the textbook one when every answer is its own."""

@@ -157,11 +157,23 @@ def fit_scorer(
 
 
 def selector_folder(stage_out: str | Path | None) -> Path | None:
-    """The trained selector inside a creative stage's output folder, or None when the stage stepped aside."""
+    """The trained selector inside a creative stage's output folder, or None when the stage stepped aside.
+
+    The selector folder itself is taken too, unless its stage refused to serve it (`served` null in the
+    stage's creative.json: it failed creative_train.serve_min_accuracy): that is refused with the reason,
+    since going one folder down must not serve what the stage judged no better than a coin."""
     if not stage_out:
         return None
     root = Path(stage_out)
     if (root / "selector.json").exists():  # already the selector itself
+        stage_meta = root.parent / "creative.json"
+        if stage_meta.exists():
+            info = json.loads(stage_meta.read_text())
+            if info.get("selector", "selector") == root.name and not info.get("served"):
+                raise ValueError(
+                    f"{root} is a selector its Creative4U stage does not serve ({stage_meta} says served: "
+                    f"null): {info.get('note') or 'no reason recorded'}"
+                )
         return root
     meta = root / "creative.json"
     if not meta.exists():
