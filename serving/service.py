@@ -161,6 +161,10 @@ class Creative:
             "creative_id": choice.creative_id,
             "points": {str(k): v for k, v in choice.points.items()},
             "rationale": choice.explanation,
+            # the rationale speaks of slots: which creative was "A" and which "B" in the game it comes from
+            "rationale_slots": {"A": choice.explained_a, "B": choice.explained_b}
+            if choice.explained_a is not None
+            else None,
             "fast_scorer_choice": fast["creative_id"],
             "agrees_with_fast_scorer": choice.creative_id == fast["creative_id"],
         }

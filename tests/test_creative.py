@@ -174,6 +174,54 @@ def test_tournament_picks_the_best_and_breaks_ties_fairly(
     assert picks == {1, 2, 3}
 
 
+def _ranked_generate(quality: dict[int, int]) -> Any:
+    """A selector that prefers the better creative by `quality` and says, in slots, which one it saw where
+    (the "image" is the creative id)."""
+
+    def generate(m: Any, p: Any, prompts: Any, images: Any, *a: Any, **k: Any) -> list[str]:
+        out = []
+        for a_, b_ in images:
+            win = "A" if quality[a_] > quality[b_] else "B"
+            out.append(f"<think>A: img {a_}. B: img {b_}. favours {win}.</think><answer>{win}</answer>")
+        return out
+
+    return generate
+
+
+def test_explanation_is_the_game_against_the_runner_up_with_its_slots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rationale explains the winner's game against the runner-up (not against the weakest creative),
+    from the order with the winner as "A", and says which creative was "A" and which "B" in that game."""
+    monkeypatch.setattr(S, "generate", _ranked_generate({10: 3, 20: 2, 30: 1}))
+    for order in ([10, 20, 30], [30, 20, 10], [20, 30, 10]):
+        ch = choose.tournament(None, None, "t", "u", [(i, i) for i in order], 8)
+        assert ch.creative_id == 10 and (ch.explained_a, ch.explained_b) == (10, 20)
+        assert ch.explanation == "A: img 10. B: img 20. favours A."
+    # the winner beat the runner-up only as "B" (it won as "A" against the last one): the game against the
+    # runner-up is explained, with its slots
+    fair = _ranked_generate({10: 3, 20: 2, 30: 1})
+    rigged = {(10, 20): "B", (20, 30): "B"}  # 10 loses to 20 as "A"; 20 loses to 30 as "A"
+
+    def generate(m: Any, p: Any, prompts: Any, images: Any, *a: Any, **k: Any) -> list[str]:
+        out = fair(m, p, prompts, images)
+        for n, pair in enumerate(images):
+            if (win := rigged.get(tuple(pair))) is not None:
+                out[n] = (
+                    f"<think>A: img {pair[0]}. B: img {pair[1]}. favours {win}.</think><answer>{win}</answer>"
+                )
+        return out
+
+    monkeypatch.setattr(S, "generate", generate)
+    ch = choose.tournament(None, None, "t", "u", [(10, 10), (20, 20), (30, 30)], 8)
+    assert ch.creative_id == 10 and ch.points == {10: 3.0, 20: 2.0, 30: 1.0}
+    assert (ch.explained_a, ch.explained_b) == (20, 10) and ch.explanation.startswith("A: img 20. B: img 10.")
+    # nothing to explain: no game
+    monkeypatch.setattr(S, "generate", lambda m, p, prompts, *a, **k: ["garbled"] * len(prompts))
+    ch = choose.tournament(None, None, "t", "u", [(1, 1), (2, 2)], 8)
+    assert ch.explanation == "no well-formed verdict favoured it" and ch.explained_a is ch.explained_b is None
+
+
 def test_scorer_distils_a_known_preference(small_world: Path) -> None:
     """Verdicts drawn from a known Bradley-Terry model (per segment) are distilled back: the fitted scorer
     orders creatives like the truth and agrees with held-out verdicts."""

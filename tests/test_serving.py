@@ -175,6 +175,42 @@ def test_simulate_counts_click_transport_errors() -> None:
     assert res.server_errors() == 6 and any(e.startswith("/click") for e in res.errors)
 
 
+def test_explain_says_which_creative_the_rationale_calls_a_and_b(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The creative service's /explain with a Creative4U selector: the selector's rationale speaks of slots
+    "A" and "B", so the answer says which creative was which in the explained game. The service's method runs
+    on a stand-in for its CTR core and its loaded selector (neither needed for the answer's shape)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from adflow.creative import choose
+    from adflow.creative import selector as S
+    from serving.service import Creative
+
+    quality = {10: 3, 20: 2, 30: 1}
+
+    def generate(m: Any, p: Any, prompts: Any, images: Any, *a: Any, **k: Any) -> list[str]:
+        wins = ["A" if quality[x] > quality[y] else "B" for x, y in images]
+        return [
+            f"<think>A: {x}. B: {y}. favours {w}.</think><answer>{w}</answer>"
+            for (x, y), w in zip(images, wins, strict=True)
+        ]
+
+    monkeypatch.setattr(S, "generate", generate)
+    ids = [30, 10, 20]
+    table = pd.DataFrame(
+        {"creative_id": ids, "score": [0.3, 0.2, 0.1], "prominence": [0.5, 0.7, 0.6], "clutter": [0.2] * 3,
+         "legibility": [0.5] * 3, "theme": ["warm"] * 3}
+    )  # fmt: skip
+    chooser = SimpleNamespace(
+        choose=lambda u, i: choose.tournament(None, None, "t", "u", [(c, c) for c in ids], 8)
+    )
+    service = SimpleNamespace(_creatives=lambda *a: (4, table), chooser=chooser)
+    got = Creative.inner.explain.func(service, user_id=1, item_id=2)
+    assert got["selector"] == "creative4u" and got["creative_id"] == 10 and got["fast_scorer_choice"] == 30
+    assert got["rationale"] == "A: 10. B: 20. favours A." and got["rationale_slots"] == {"A": 10, "B": 20}
+
+
 def test_session_fix_stops_in_flight_failures() -> None:
     """BentoML's dependency client closes its session under in-flight requests (every 100 requests); the fix
     retires it after the timeout instead. Against a real aiohttp server: failures without, none with."""

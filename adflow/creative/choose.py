@@ -4,7 +4,8 @@
   generated in one batch); a creative scores a point for every verdict in its favour, the most points wins
   (ties: the tied creative that won their direct games, else a seeded draw: never "the first one", which
   would hand a selector that always answers A a free pick). The explanation is the selector's own
-  reasoning from the winner's match against the runner-up.
+  reasoning from a game the winner won against the runner-up (the one with the winner as "A" when it won
+  both orders), with which creative was "A" and which "B" in it: the reasoning speaks of slots.
 - `FastScorer`: generation is far too slow for the online path, so a Bradley-Terry model is distilled from
   the selector's verdicts: P(A beats B | segment) = sigmoid(w_segment . (x_A - x_B)) on the creatives'
   design factors (the creatives table's annotations). Scoring N creatives is a dot product.
@@ -33,6 +34,9 @@ class Choice:
     points: dict[int, float]  # creative id -> verdicts won
     explanation: str  # the selector's reasoning in the winner's match against the runner-up
     verdicts: list[dict[str, Any]] = field(default_factory=list)  # every prompt: (first, second, answer)
+    # the creatives in slots "A" and "B" of the explained game (its reasoning says "A"/"B"); None: no game
+    explained_a: int | None = None
+    explained_b: int | None = None
 
 
 def tournament(
@@ -66,14 +70,14 @@ def tournament(
     )
     ids = [int(c[0]) for c in creatives]
     points = dict.fromkeys(ids, 0.0)
-    reasons: dict[tuple[int, int], str] = {}
+    reasons: dict[tuple[int, int], str] = {}  # (first, second) of a game with a winner -> its reasoning
     log: list[dict[str, Any]] = []
     for (i, j), text in zip(games, outs, strict=True):
         v = parse(text)
         winner = None if v is None else (ids[i] if v.answer == "A" else ids[j])
         if winner is not None:
             points[winner] += 1.0
-            reasons[(winner, ids[j] if winner == ids[i] else ids[i])] = v.think  # type: ignore[union-attr]
+            reasons[(ids[i], ids[j])] = v.think  # type: ignore[union-attr]
         log.append({"first": ids[i], "second": ids[j], "answer": v.answer if v else None, "winner": winner})
     direct: dict[int, float] = dict.fromkeys(ids, 0.0)
     top = max(points.values())
@@ -84,8 +88,12 @@ def tournament(
     draw = np.random.default_rng(seed).permutation(len(ids))
     ranked = sorted(range(len(ids)), key=lambda k: (-points[ids[k]], -direct[ids[k]], draw[k]))
     best, runner = ids[ranked[0]], ids[ranked[1]]
-    why = reasons.get((best, runner)) or next((r for (w, _), r in reasons.items() if w == best), "")
-    return Choice(best, points, why or "no well-formed verdict favoured it", log)
+    # the games the winner won: against the runner-up first, then with the winner as "A", then in game order
+    won = [g for g in log if g["winner"] == best and reasons.get((g["first"], g["second"]))]
+    if not won:
+        return Choice(best, points, "no well-formed verdict favoured it", log)
+    g = min(won, key=lambda g: (runner not in (g["first"], g["second"]), g["first"] != best))
+    return Choice(best, points, reasons[(g["first"], g["second"])], log, g["first"], g["second"])
 
 
 def design_features(creatives: pd.DataFrame) -> np.ndarray:

@@ -593,7 +593,14 @@ def tournaments(
             }
         )
         if len(examples) < 3:
-            examples.append({**rows[-1], "points": choice.points, "explanation": choice.explanation})
+            examples.append(
+                {
+                    **rows[-1],
+                    "points": choice.points,
+                    "explanation": choice.explanation,
+                    "explained_slots": {"A": choice.explained_a, "B": choice.explained_b},
+                }
+            )
     return pd.DataFrame(rows), examples
 
 
@@ -956,9 +963,11 @@ def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, 
         "",
     ]
     for ex in evaluation["tournament_examples"]:
+        slots = ex.get("explained_slots") or {}
+        game = f" (A = {slots['A']}, B = {slots['B']})" if slots.get("A") is not None else ""
         lines.append(
             f"- user {ex['user_id']} ({ex['segment']}), item {ex['item_id']}: chose {ex['chosen']} "
-            f"(truth's best {ex['best']}), points {ex['points']}. Why: {ex['explanation']}"
+            f"(truth's best {ex['best']}), points {ex['points']}. Why{game}: {ex['explanation']}"
         )
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
