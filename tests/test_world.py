@@ -136,6 +136,29 @@ def test_pair_labels_agree_with_the_appeal_model(small_world: Path) -> None:
         assert f"Deciding factor: {FACTOR_TEXT[deciding]}, which favours {label}." in row.rationale
 
 
+def test_a_pair_drawn_twice_stays_in_one_split(small_world: Path, tmp_path: Path) -> None:
+    """The label is a function of (item, the two creatives, segment): pairs drawn again with that key are
+    the same question, so they share a split (a held-out pair must not repeat a trained one). The pairs
+    themselves are those the seed draws: as many as asked, the same ids and labels again."""
+    pairs = pd.read_parquet(small_world / "creative_pairs.parquet")
+    assert len(pairs) == small_settings(tmp_path).world.n_pairs
+    a, b = pairs[["creative_a", "creative_b"]].min(axis=1), pairs[["creative_a", "creative_b"]].max(axis=1)
+    key = list(zip(pairs["item_id"], a, b, pairs["user_segment"], strict=True))
+    by_key = pairs.groupby(pd.Series(key, index=pairs.index))
+    assert (by_key.size() > 1).sum() >= 5  # the small world draws some keys again: the check bites
+    assert (by_key["split"].nunique() == 1).all()
+    # the same key's answer is the same answer, in the table's own A-B order
+    same_order = pairs["creative_a"] < pairs["creative_b"]
+    canon = pairs["label"].where(same_order, pairs["label"].map({"A": "B", "B": "A"}))
+    assert (canon.groupby(pd.Series(key, index=pairs.index)).nunique() == 1).all()
+    again = tmp_path / "again"
+    generate(small_settings(tmp_path).world, again)
+    pairs2 = pd.read_parquet(again / "creative_pairs.parquet")
+    assert pairs2[["pair_id", "creative_a", "creative_b", "label", "split"]].equals(
+        pairs[["pair_id", "creative_a", "creative_b", "label", "split"]]
+    )
+
+
 def test_appeal_weights_differ_by_segment() -> None:
     prom, clut, leg = np.array([0.9, 0.3]), np.array([0.5, 0.5]), np.array([0.1, 0.9])
     theme = np.array(["cool", "cool"])

@@ -490,6 +490,9 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
     unseen[rng.choice(n_items, size=round(cfg.unseen_item_frac * n_items), replace=False)] = True
     factors = creatives[["prominence", "clutter", "legibility", "theme"]].to_dict("records")
     pairs: list[dict[str, object]] = []
+    # the label is a function of (item, the two creatives, segment): a pair drawn again with the same key is
+    # the same question, so it joins the split its key first drew (else a held-out pair repeats a trained one)
+    split_of: dict[tuple[int, int, int, str], str] = {}
     attempts = 0
     p = Progress(STAGE, "creative pairs", cfg.n_pairs)
     while len(pairs) < cfg.n_pairs and attempts < 50 * max(cfg.n_pairs, 1):
@@ -501,7 +504,11 @@ def generate(cfg: WorldConfig, out_dir: str | Path) -> WorldSummary:
         label, deciding, margin = pair_verdict(factors[ca], factors[cb], seg)
         if margin < cfg.pair_min_margin:
             continue
-        split = "test_unseen" if unseen[j] else ("test" if rng.random() < 0.2 else "train")
+        if unseen[j]:
+            split = "test_unseen"
+        else:  # drawn for every pair, as before: the generator's stream, so every other table, stays put
+            drawn = "test" if rng.random() < 0.2 else "train"
+            split = split_of.setdefault((j, min(ca, cb), max(ca, cb), seg), drawn)
         pairs.append(
             {
                 "pair_id": len(pairs) + 1,
