@@ -4,6 +4,7 @@ special-token trap (tags that a real tokenizer holds as special tokens vanish wh
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,117 @@ def test_pair_examples_both_orders(small_world: Path) -> None:
     # every gold rationale states all eight facts in words the reader takes (else the facts reward is blind)
     assert facts_reward(comps, gold=comps) == [1.0] * len(ex)
     assert ex["prompt"].str.count("<image>").eq(2).all()
+
+
+def test_pair_examples_on_the_world_are_the_ground_truths_both_orders(small_world: Path) -> None:
+    """On the synthetic world the table's labels are the ground truth's: both orders come out as the ground
+    truth says them (label, deciding factor, rationale for that order), as when they were derived from it."""
+    from adflow.creative.data import answer, pair_examples
+    from adflow.data.world import pair_rationale, pair_verdict
+
+    ex = pair_examples(small_world, ("train", "test", "test_unseen"))
+    creatives = pd.read_parquet(small_world / "creatives.parquet").set_index("creative_id")
+    pairs = pd.read_parquet(small_world / "creative_pairs.parquet").set_index("pair_id")
+    cols = ["prominence", "clutter", "legibility", "theme"]
+    for row in ex.itertuples(index=False):
+        first, second = (creatives.loc[c, cols].to_dict() for c in row.creative_ids)
+        segment = pairs.at[row.pair_key, "user_segment"]
+        label, deciding, _ = pair_verdict(first, second, segment)
+        assert (row.label, row.deciding_factor) == (label, deciding)
+        assert row.completion == answer(pair_rationale(first, second, segment), label)
+
+
+def test_pair_examples_keep_the_tables_own_labels(small_world: Path, tmp_path: Path) -> None:
+    """A data set labelled by someone else: its labels, deciding factors and rationales are used as given
+    (not recomputed from the synthetic world's weights), the swapped order mirrors them, and a segment the
+    world does not know or a creative without design factors is no error."""
+    from adflow.creative.data import answer, pair_examples
+    from adflow.data.world import pair_rationale
+
+    for name in ("items", "creatives", "creative_pairs"):
+        shutil.copy(small_world / f"{name}.parquet", tmp_path / f"{name}.parquet")
+    pairs = pd.read_parquet(tmp_path / "creative_pairs.parquet")
+    pairs = pairs[pairs["split"] == "train"].head(12).reset_index(drop=True)
+    pairs["label"] = pairs["label"].map({"A": "B", "B": "A"})  # people disagreed with the world everywhere
+    people = "Students skip busy pictures. A: cluttered. B: clean. Deciding factor: background clutter, which favours B."
+    pairs.loc[:3, "user_segment"] = "students"  # a segment the world has no weights for
+    pairs.loc[:3, ["label", "deciding_factor", "rationale"]] = ["B", "clutter", people]
+    pairs.to_parquet(tmp_path / "creative_pairs.parquet", index=False)
+    creatives = pd.read_parquet(tmp_path / "creatives.parquet")
+    unannotated = int(pairs.at[5, "creative_b"])  # an imported creative without design factors
+    creatives.loc[creatives["creative_id"] == unannotated, ["prominence", "theme"]] = [np.nan, None]
+    creatives.to_parquet(tmp_path / "creatives.parquet", index=False)
+
+    ex = pair_examples(tmp_path, ("train",))
+    first, second = ex[~ex["swapped"]].set_index("pair_key"), ex[ex["swapped"]].set_index("pair_key")
+    given = pairs.set_index("pair_id").loc[first.index]
+    assert (first["label"] == given["label"]).all() and (
+        first["deciding_factor"] == given["deciding_factor"]
+    ).all()
+    assert all(
+        c == answer(r, y)
+        for c, r, y in zip(first["completion"], given["rationale"], given["label"], strict=True)
+    )
+    assert (second["label"] == given["label"].map({"A": "B", "B": "A"})).all()
+    assert (second["deciding_factor"] == given["deciding_factor"]).all()
+    from adflow.creative.data import mirror_slots
+
+    # people's rationale: the slot letters exchanged for the swapped order, nothing else
+    swapped_people = "Students skip busy pictures. B: cluttered. A: clean. Deciding factor: background clutter, which favours A."
+    assert mirror_slots(people) == swapped_people
+    assert second.loc[given.index[:4], "completion"].tolist() == [answer(swapped_people, "A")] * 4
+    # the world's own rationale (its creatives annotated) is said again for the swapped order
+    cr = pd.read_parquet(small_world / "creatives.parquet").set_index("creative_id")
+    cols = ["prominence", "clutter", "legibility", "theme"]
+    k = given.index[4]
+    a, b = (cr.loc[int(given.at[k, c]), cols].to_dict() for c in ("creative_a", "creative_b"))
+    assert second.at[k, "completion"] == answer(
+        pair_rationale(b, a, given.at[k, "user_segment"]), second.at[k, "label"]
+    )
+    # a creative without factors: the table's rationale with its letters exchanged
+    k = given.index[5]
+    assert second.at[k, "completion"] == answer(mirror_slots(given.at[k, "rationale"]), second.at[k, "label"])
+
+
+def test_tournaments_without_ground_truth_run_unscored(
+    small_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Held-out pairs of a segment the synthetic world does not know, or creatives without design factors:
+    the tournament runs, its pick has no ground truth to be scored against (said in the log), and the
+    best-creative measures count only the (user, item)s that have one."""
+    from adflow.config import load_settings
+    from adflow.creative import selector as S
+    from components.training.creative.core import tournament_metrics, tournaments, truth_best
+
+    for name in ("items", "creatives"):
+        shutil.copy(small_world / f"{name}.parquet", tmp_path / f"{name}.parquet")
+    (tmp_path / "images").symlink_to(small_world / "images")
+    pairs = pd.read_parquet(small_world / "creative_pairs.parquet")
+    held = (
+        pairs[pairs["split"] == "test"].drop_duplicates(["user_id", "item_id"]).head(4).reset_index(drop=True)
+    )
+    held.loc[0, "user_segment"] = "students"
+    held.to_parquet(tmp_path / "creative_pairs.parquet", index=False)
+    creatives = pd.read_parquet(tmp_path / "creatives.parquet")
+    bare = creatives["item_id"] == held.at[1, "item_id"]
+    creatives.loc[bare, "clutter"] = np.nan  # an imported product without design factors
+    creatives.to_parquet(tmp_path / "creatives.parquet", index=False)
+    assert truth_best(creatives[bare], str(held.at[1, "user_segment"])) is None
+    assert truth_best(creatives[creatives["item_id"] == held.at[0, "item_id"]], "students") is None
+
+    monkeypatch.setattr(
+        S, "generate", lambda m, p, prompts, *a, **k: ["<think>x</think><answer>A</answer>"] * len(prompts)
+    )
+    tour, examples = tournaments(load_settings("tiny"), tmp_path, None, None, 10)
+    assert len(tour) == 4 and tour["best"].isna().tolist() == [True, True, False, False]
+    said = capsys.readouterr().out
+    assert "2 of 4 (user, item)s have no ground truth" in said and "no weights for: ['students']" in said
+    assert "creatives without design factors" in said and examples[0]["best"] is None
+    m = tournament_metrics(tour, tour["chosen"].tolist())
+    assert m["tournament_n"] == 4 and m["tournament_scored_n"] == 2
+    hit = (tour["chosen"] == tour["best"])[2:].mean()
+    assert m["tournament_best_hit"] == pytest.approx(hit) and m["scorer_best_hit"] == pytest.approx(hit)
+    assert m["scorer_agrees_with_tournament"] == 1.0
 
 
 def test_described_levels_reads_each_creative_by_the_protocol() -> None:

@@ -2,9 +2,11 @@
 
 Every pair of the data set becomes two examples, creative A and B in one order and then swapped, joined by
 `pair_key` and told apart by `swapped`: supervised fine-tuning sees each creative in both slots (a selector
-must not learn "A usually wins"), and GRPO's consistency reward compares the two orders' verdicts. The
-swapped example's label is mirrored and its rationale re-derived from the creatives' design factors for the
-swapped order, so it names the same deciding factor in the other slot.
+must not learn "A usually wins"), and GRPO's consistency reward compares the two orders' verdicts. The first
+order is the table's own pair: its label, deciding factor and rationale, whoever labelled it. The swapped
+example mirrors the label, keeps the factor, and says the rationale for the swapped order: re-derived from
+the creatives' design factors where the table's rationale is the synthetic world's own (`pair_rationale`
+gives it back for the first order), else the table's text with its slot letters A and B exchanged.
 
 Columns: pair_key, swapped, split, item_id, prompt (text), images (two paths: the first is "A"), creative_ids
 (the same two, as ids), label, deciding_factor, completion (`<think>rationale</think><answer>X</answer>`,
@@ -14,12 +16,14 @@ the CoT-SFT target). `describe_examples` gives CoT-SFT single creatives in the s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from adflow.contract import read_table
-from adflow.data.world import PROTOCOL, describe_creative, pair_rationale, pair_verdict
+from adflow.creative.rewards import mirror
+from adflow.data.world import PROTOCOL, SEGMENT_WEIGHTS, describe_creative, pair_rationale
 
 QUESTION = "Which creative should this user be shown? Think it through, then answer A or B."
 DESCRIBE = "Describe this creative by the protocol."
@@ -57,6 +61,28 @@ def answer(rationale: str, label: str) -> str:
     return f"<think>{rationale}</think><answer>{label}</answer>"
 
 
+FACTOR_COLUMNS = ["prominence", "clutter", "legibility", "theme"]
+_SLOT = re.compile(r"(?<![\w'])([AB])(?![\w'])")  # a standalone slot letter: "A:", "favours B."
+
+
+def mirror_slots(text: str) -> str:
+    """A rationale's slot letters exchanged ("A: ... B: ... favours A." -> "B: ... A: ... favours B."), for
+    the pair asked in the other order. Only standalone capitals count (never the "a" of "a bargain hunter");
+    a sentence opening with the article "A" would be exchanged too, which no protocol rationale does."""
+    return _SLOT.sub(lambda m: mirror(m.group(1)), text)
+
+
+def swapped_rationale(rationale: str, a: dict[str, object], b: dict[str, object], segment: str) -> str:
+    """The rationale for the pair asked as (b, a). The world's rationale describes A first, then B, so merely
+    exchanging letters would describe B first: where the table's text is the world's (both creatives
+    annotated, a segment the world knows, and `pair_rationale` gives the table's text back) it is re-derived
+    for the swapped order; any other rationale (people's, another generator's) has its letters exchanged."""
+    annotated = all(pd.notna(f.get(k)) for f in (a, b) for k in FACTOR_COLUMNS)
+    if annotated and segment in SEGMENT_WEIGHTS and pair_rationale(a, b, segment) == rationale:
+        return pair_rationale(b, a, segment)
+    return mirror_slots(rationale)
+
+
 def pair_examples(
     dataset: str | Path, splits: tuple[str, ...] = ("train",), instructions: bool = True
 ) -> pd.DataFrame:
@@ -68,16 +94,24 @@ def pair_examples(
     pairs = pairs[pairs["split"].isin(splits)]
     creatives = read_table(root, "creatives").set_index("creative_id")
     titles = read_table(root, "items").set_index("item_id")["title"]
-    factor_cols = ["prominence", "clutter", "legibility", "theme"]
+    factor_cols = [c for c in FACTOR_COLUMNS if c in creatives.columns]
     rows = []
     for p in pairs.itertuples(index=False):
         fa = creatives.loc[p.creative_a, factor_cols].to_dict()
         fb = creatives.loc[p.creative_b, factor_cols].to_dict()
         text = prompt(str(titles.get(p.item_id, "")), str(p.user_interests), instructions)
-        for swapped, (first, second, f1, f2) in enumerate(
-            ((p.creative_a, p.creative_b, fa, fb), (p.creative_b, p.creative_a, fb, fa))
-        ):
-            label, deciding, _ = pair_verdict(f1, f2, str(p.user_segment))
+        # the table's verdict as labelled; the swapped order mirrors it (same deciding factor, other slot)
+        rationale = str(p.rationale)
+        orders = (
+            (p.creative_a, p.creative_b, str(p.label), rationale),
+            (
+                p.creative_b,
+                p.creative_a,
+                mirror(str(p.label)),
+                swapped_rationale(rationale, fa, fb, str(p.user_segment)),
+            ),
+        )
+        for swapped, (first, second, label, why) in enumerate(orders):
             rows.append(
                 {
                     "pair_key": int(p.pair_id),
@@ -91,8 +125,8 @@ def pair_examples(
                     ],
                     "creative_ids": [int(first), int(second)],
                     "label": label,
-                    "deciding_factor": deciding,
-                    "completion": answer(pair_rationale(f1, f2, str(p.user_segment)), label),
+                    "deciding_factor": str(p.deciding_factor),
+                    "completion": answer(why, label),
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)

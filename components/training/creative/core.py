@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from adflow.workspace import publish, shared, shared_input
 
 STAGE = "creative"
 HELD_OUT = ("test", "test_unseen")
+# the tournament table: one row per held-out (user, item); `best` is missing where no ground truth exists
+TOUR_COLUMNS = ("user_id", "item_id", "segment", "split", "n", "chosen", "best", "seconds")
 SFT_SPLITS = ("train", "describe")  # CoT-SFT: the training pairs and the single creatives described
 
 
@@ -540,14 +543,32 @@ def random_baseline(held: pd.DataFrame, seed: int) -> pd.DataFrame:
     )
 
 
+DESIGN_FACTORS = ("prominence", "clutter", "legibility", "theme")
+
+
+def truth_best(creatives: pd.DataFrame, segment: str) -> int | None:
+    """The ground truth's best of an item's creatives for a segment (the synthetic world's appeal), or None
+    where it has none: a segment the world has no weights for, or a creative without its design factors (a
+    data set labelled by people)."""
+    from adflow.data.world import SEGMENT_WEIGHTS, appeal
+
+    if segment not in SEGMENT_WEIGHTS or not set(DESIGN_FACTORS) <= set(creatives.columns):
+        return None
+    if creatives[list(DESIGN_FACTORS)].isna().any(axis=None):
+        return None
+    app = appeal(*(creatives[f].to_numpy() for f in DESIGN_FACTORS), segment)
+    return int(creatives["creative_id"].iloc[int(np.argmax(app))])
+
+
 def tournaments(
     settings: Settings, dataset: str | Path, model: Any, processor: Any, limit: int
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Best-of-N for held-out (user, item)s vs the ground truth's best creative for the user's segment."""
+    """Best-of-N for held-out (user, item)s vs the ground truth's best creative for the user's segment
+    (`best`: missing where there is no ground truth, see `truth_best`; the tournament still runs)."""
     from adflow.contract import read_table
     from adflow.creative.choose import tournament
     from adflow.creative.selector import load_image
-    from adflow.data.world import appeal
+    from adflow.data.world import SEGMENT_WEIGHTS
 
     root = Path(dataset)
     pairs = read_table(root, "creative_pairs")
@@ -558,13 +579,7 @@ def tournaments(
     examples: list[dict[str, Any]] = []
     for p in held.itertuples(index=False):
         cr = creatives[creatives["item_id"] == p.item_id]
-        app = appeal(
-            cr["prominence"].to_numpy(),
-            cr["clutter"].to_numpy(),
-            cr["legibility"].to_numpy(),
-            cr["theme"].to_numpy(),
-            p.user_segment,
-        )
+        best = truth_best(cr, str(p.user_segment))
         imgs = [
             (int(c), load_image(str(root / path), settings.creative_model.image_size))
             for c, path in zip(cr["creative_id"], cr["image_path"], strict=True)
@@ -588,7 +603,7 @@ def tournaments(
                 "split": p.split,
                 "n": len(cr),
                 "chosen": choice.creative_id,
-                "best": int(cr["creative_id"].iloc[int(np.argmax(app))]),
+                "best": best,
                 "seconds": time.perf_counter() - t0,
             }
         )
@@ -601,7 +616,48 @@ def tournaments(
                     "explained_slots": {"A": choice.explained_a, "B": choice.explained_b},
                 }
             )
-    return pd.DataFrame(rows), examples
+    tour = pd.DataFrame(rows, columns=[*TOUR_COLUMNS]).astype({"best": "Int64"})
+    unscored = tour[tour["best"].isna()]
+    if len(unscored):
+        unknown = sorted(set(unscored["segment"]) - set(SEGMENT_WEIGHTS))
+        why = [f"segments the synthetic world has no weights for: {unknown}"] if unknown else []
+        if unscored["segment"].isin(list(SEGMENT_WEIGHTS)).any():
+            why.append("creatives without design factors")
+        log(
+            STAGE,
+            f"tournament: {len(unscored)} of {len(tour)} (user, item)s have no ground truth to score the pick "
+            f"against ({'; '.join(why)}): the tournament ran, its best-creative hit is not measured for them",
+        )
+    return tour, examples
+
+
+def tournament_metrics(tour: pd.DataFrame, scorer_pick: Sequence[int]) -> dict[str, float]:
+    """The tournament's and the fast scorer's best-of-N against the ground truth, over the (user, item)s that
+    have one (`best`); agreement and time over every tournament."""
+    known = tour["best"].notna().to_numpy()
+    scored = tour[known]
+    hit = (scored["chosen"].to_numpy() == scored["best"].to_numpy(dtype=np.int64)).astype(float)
+    unseen = (scored["split"] == "test_unseen").to_numpy()
+    picks = np.asarray(scorer_pick, dtype=np.int64)
+    return {
+        "tournament_n": float(len(tour)),
+        "tournament_scored_n": float(len(scored)),
+        "tournament_best_hit": float(hit.mean()) if len(scored) else 0.0,
+        # (user, item)s of one product share its creatives: the product is the independent draw
+        "tournament_best_hit_ci95": clustered_mean(hit, scored["item_id"].to_numpy())["ci95"]
+        if len(scored)
+        else 0.0,
+        "tournament_chance": float((1.0 / scored["n"]).mean()) if len(scored) else 0.0,
+        # on products whose pairs never reached training
+        "tournament_best_hit_unseen": float(hit[unseen].mean()) if unseen.any() else 0.0,
+        "tournament_ms": float(tour["seconds"].mean() * 1e3) if len(tour) else 0.0,
+        "scorer_best_hit": float(np.mean(picks[known] == scored["best"].to_numpy(dtype=np.int64)))
+        if len(scored)
+        else 0.0,
+        "scorer_agrees_with_tournament": float(np.mean(picks == tour["chosen"].to_numpy()))
+        if len(tour)
+        else 0.0,
+    }
 
 
 def distil(
@@ -770,32 +826,8 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
         for r in tour.itertuples(index=False)
     ]
     metrics: dict[str, float] = {f"{name}_{k}": v for name, row in table.items() for k, v in row.items()}
+    metrics |= tournament_metrics(tour, scorer_pick)
     metrics |= {
-        "tournament_n": float(len(tour)),
-        "tournament_best_hit": float((tour["chosen"] == tour["best"]).mean()) if len(tour) else 0.0,
-        # (user, item)s of one product share its creatives: the product is the independent draw
-        "tournament_best_hit_ci95": clustered_mean(
-            (tour["chosen"] == tour["best"]).to_numpy(float), tour["item_id"].to_numpy()
-        )["ci95"]
-        if len(tour)
-        else 0.0,
-        "tournament_chance": float((1.0 / tour["n"]).mean()) if len(tour) else 0.0,
-        # on products whose pairs never reached training
-        "tournament_best_hit_unseen": float(
-            (
-                tour.loc[tour["split"] == "test_unseen", "chosen"]
-                == tour.loc[tour["split"] == "test_unseen", "best"]
-            ).mean()
-        )
-        if (tour["split"] == "test_unseen").any()
-        else 0.0,
-        "tournament_ms": float(tour["seconds"].mean() * 1e3) if len(tour) else 0.0,
-        "scorer_best_hit": float(np.mean(np.array(scorer_pick) == tour["best"].to_numpy()))
-        if len(tour)
-        else 0.0,
-        "scorer_agrees_with_tournament": float(np.mean(np.array(scorer_pick) == tour["chosen"].to_numpy()))
-        if len(tour)
-        else 0.0,
         "creatives_per_item": n_mean,
         "fit_s": fit_s,
         "eval_s": eval_s,
@@ -967,7 +999,8 @@ def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, 
         game = f" (A = {slots['A']}, B = {slots['B']})" if slots.get("A") is not None else ""
         lines.append(
             f"- user {ex['user_id']} ({ex['segment']}), item {ex['item_id']}: chose {ex['chosen']} "
-            f"(truth's best {ex['best']}), points {ex['points']}. Why{game}: {ex['explanation']}"
+            f"(truth's best {ex['best'] if ex['best'] is not None else 'unknown'}), points {ex['points']}. "
+            f"Why{game}: {ex['explanation']}"
         )
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
