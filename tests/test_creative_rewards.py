@@ -475,3 +475,61 @@ def test_grpo_gain_is_paired_on_the_same_answers() -> None:
         paired_gain(sft, sft.iloc[::-1].reset_index(drop=True))
     with pytest.raises(ValueError, match="same held-out examples"):
         paired_gain(sft, sft.iloc[:-2])
+
+
+def test_a_measure_with_nothing_to_measure_is_nan_and_reads_n_a(tmp_path: Path) -> None:
+    """No unseen products among the held-out pairs, no tournament with a ground truth: those measures are
+    NaN (MLflow keeps NaN), not 0.0 that reads as "always wrong", and the report says "n/a"."""
+    from components.training.creative.core import scores, tournament_metrics, write_report
+
+    gold = "<think>A: product large, background clean, text faint, cool theme. B: product small, some clutter, text crisp, warm theme. Deciding factor: colour theme, which favours A.</think><answer>A</answer>"
+    judged = pd.DataFrame(
+        {
+            "pair_key": [1, 1, 2, 2],
+            "swapped": [False, True, False, True],
+            "split": ["test"] * 4,  # seen products only
+            "item_id": [5, 5, 6, 6],
+            "label": ["A", "B", "A", "B"],
+            "answer": ["A", "B", "B", "B"],
+            "well_formed": True,
+            "names_factor": [True, False, False, False],
+            "output": [gold, "", "", ""],
+            "completion": [gold] * 4,
+        }
+    ).assign(correct=lambda d: d["answer"] == d["label"])
+    row = scores(judged)
+    assert row["accuracy_seen_products"] == 0.75 and np.isnan(row["accuracy_unseen_products"])
+    assert row["factor_named_when_right"] == pytest.approx(1 / 3)
+    wrong = scores(judged.assign(correct=False))
+    assert np.isnan(wrong["factor_named_when_right"])  # no right verdict: nothing to say about its reason
+
+    tour = pd.DataFrame(
+        {"user_id": [1, 2], "item_id": [5, 6], "segment": ["practical"] * 2, "split": ["test"] * 2, "n": [3, 3],
+         "chosen": [10, 20], "best": [10, 21], "seconds": [0.1, 0.1]}
+    ).astype({"best": "Int64"})  # fmt: skip
+    m = tournament_metrics(tour, [10, 21])
+    assert m["tournament_best_hit"] == 0.5 and m["scorer_best_hit"] == 1.0
+    assert np.isnan(m["tournament_best_hit_unseen"])  # no unseen product among them
+    none = tournament_metrics(tour.assign(best=pd.array([None, None], dtype="Int64")), [10, 21])
+    assert none["tournament_scored_n"] == 0 and none["scorer_agrees_with_tournament"] == 0.5
+    assert all(np.isnan(none[k]) for k in ("tournament_best_hit", "tournament_chance", "scorer_best_hit"))
+
+    metrics = none | {
+        "creatives_per_item": 3.0,
+        "scorer_distill_pairs": 40.0,
+        "scorer_agreement_with_selector": 0.8,
+        "scorer_accuracy": 0.7,
+        "scorer_best_of_n_ms": 0.01,
+    }
+    evaluation = {
+        "table": {"sft": row},
+        "metrics": metrics,
+        "measured": "sft",
+        "serving_note": "SFT is served",
+        "tournament_examples": [],
+    }
+    write_report(tmp_path, evaluation, [])
+    report = (tmp_path / "report.md").read_text()
+    assert "nan" not in report.lower().replace("n/a", "")
+    assert "| 0.750 | n/a |" in report and "picked n/a ± n/a of the time" in report
+    assert "on unseen products n/a" in report and "2 of them, 0 with a ground truth" in report

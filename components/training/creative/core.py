@@ -442,8 +442,16 @@ def judge(
     ).assign(correct=lambda d: d["answer"] == d["label"])
 
 
+NA = float("nan")  # a measure with nothing to measure: not 0, which reads as "always wrong"
+
+
 def _mean(x: pd.Series) -> float:
-    return float(x.mean()) if len(x) else 0.0  # an empty split (tiny worlds) reads 0, not NaN in MLflow
+    return float(x.mean()) if len(x) else NA  # an empty split: NaN (MLflow keeps it), "n/a" in the report
+
+
+def na(v: float, spec: str = ".3f") -> str:
+    """A metric in the report's text: "n/a" where nothing was there to measure (NaN)."""
+    return "n/a" if np.isnan(v) else format(v, spec)
 
 
 def scores(judged: pd.DataFrame) -> dict[str, float]:
@@ -459,9 +467,7 @@ def scores(judged: pd.DataFrame) -> dict[str, float]:
         "format_validity": float(judged["well_formed"].mean()),
         "factor_named": float(judged["names_factor"].mean()),
         # among right verdicts: did the reasoning name what actually decided the ground truth?
-        "factor_named_when_right": float(judged.loc[judged["correct"], "names_factor"].mean())
-        if judged["correct"].any()
-        else 0.0,
+        "factor_named_when_right": _mean(judged.loc[judged["correct"], "names_factor"]),
     }
     out |= fact_scores(judged)
     # products, not answers, are the independent draws: both orders of a pair and every pair of one product
@@ -528,8 +534,9 @@ def fact_scores(judged: pd.DataFrame) -> dict[str, float]:
         for f, hit in facts:
             right[f].append(hit)
         whole.append(bool(facts) and all(hit for _, hit in facts))
-    out = {f"facts_{f}": float(np.mean(v)) if v else 0.0 for f, v in right.items()}
-    out["facts_all"] = float(np.mean(whole)) if whole else 0.0
+    # a factor no gold rationale states (a data set's own rationales) is not measured: NaN
+    out = {f"facts_{f}": float(np.mean(v)) if v else NA for f, v in right.items()}
+    out["facts_all"] = float(np.mean(whole)) if whole else NA
     return out
 
 
@@ -642,21 +649,21 @@ def tournament_metrics(tour: pd.DataFrame, scorer_pick: Sequence[int]) -> dict[s
     return {
         "tournament_n": float(len(tour)),
         "tournament_scored_n": float(len(scored)),
-        "tournament_best_hit": float(hit.mean()) if len(scored) else 0.0,
+        "tournament_best_hit": float(hit.mean()) if len(scored) else NA,
         # (user, item)s of one product share its creatives: the product is the independent draw
         "tournament_best_hit_ci95": clustered_mean(hit, scored["item_id"].to_numpy())["ci95"]
         if len(scored)
-        else 0.0,
-        "tournament_chance": float((1.0 / scored["n"]).mean()) if len(scored) else 0.0,
+        else NA,
+        "tournament_chance": float((1.0 / scored["n"]).mean()) if len(scored) else NA,
         # on products whose pairs never reached training
-        "tournament_best_hit_unseen": float(hit[unseen].mean()) if unseen.any() else 0.0,
-        "tournament_ms": float(tour["seconds"].mean() * 1e3) if len(tour) else 0.0,
+        "tournament_best_hit_unseen": float(hit[unseen].mean()) if unseen.any() else NA,
+        "tournament_ms": float(tour["seconds"].mean() * 1e3) if len(tour) else NA,
         "scorer_best_hit": float(np.mean(picks[known] == scored["best"].to_numpy(dtype=np.int64)))
         if len(scored)
-        else 0.0,
+        else NA,
         "scorer_agrees_with_tournament": float(np.mean(picks == tour["chosen"].to_numpy()))
         if len(tour)
-        else 0.0,
+        else NA,
     }
 
 
@@ -873,8 +880,8 @@ def train(settings: Settings, dataset: str | Path, out_dir: str | Path) -> Creat
             if "sft_grpo_accuracy" in metrics
             else ""
         )
-        + f"; tournament picks the best {metrics['tournament_best_hit']:.2f}"
-        + f" ± {metrics['tournament_best_hit_ci95']:.2f} (chance {metrics['tournament_chance']:.2f})"
+        + f"; tournament picks the best {na(metrics['tournament_best_hit'], '.2f')}"
+        + f" ± {na(metrics['tournament_best_hit_ci95'], '.2f')} (chance {na(metrics['tournament_chance'], '.2f')})"
         + f" ({seconds:.0f}s)",
     )
     selector_dir = str(out / "selector") if served else None
@@ -952,8 +959,8 @@ def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, 
     lines += ["|---|---|---|---|---|---|---|---|"]
     for name, r in table.items():
         lines.append(
-            f"| {name} | {r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f} | {r['accuracy_seen_products']:.3f} | "
-            f"{r['accuracy_unseen_products']:.3f} | {r['swap_consistency']:.3f} | {r['format_validity']:.3f} | "
+            f"| {name} | {r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f} | {na(r['accuracy_seen_products'])} | "
+            f"{na(r['accuracy_unseen_products'])} | {r['swap_consistency']:.3f} | {r['format_validity']:.3f} | "
             f"{r['factor_named']:.3f} | {r.get('sampled_accuracy', r['accuracy']):.3f} |"
         )
     if "grpo_gain_ci95" in met:
@@ -971,8 +978,8 @@ def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, 
         for name in described:
             r = table[name]
             lines.append(
-                f"| {name} | {r['facts_prominence']:.3f} | {r['facts_clutter']:.3f} | "
-                f"{r['facts_legibility']:.3f} | {r['facts_theme']:.3f} | {r['facts_all']:.3f} |"
+                f"| {name} | {na(r['facts_prominence'])} | {na(r['facts_clutter'])} | "
+                f"{na(r['facts_legibility'])} | {na(r['facts_theme'])} | {na(r['facts_all'])} |"
             )
     measured = VARIANT_NAMES[evaluation["measured"]]
     lines += [
@@ -980,16 +987,17 @@ def write_report(out: Path, evaluation: dict[str, Any], history: list[dict[str, 
         f"Serving: {evaluation['serving_note']}.",
         "",
         f"{measured}'s tournament over each held-out (user, item)'s {met['creatives_per_item']:.1f} creatives "
-        f"({int(met['tournament_n'])} of them): the ground truth's best creative picked "
-        f"{met['tournament_best_hit']:.3f} ± {met['tournament_best_hit_ci95']:.3f} of the time (95%, clustered "
-        f"by product; chance {met['tournament_chance']:.3f}; on unseen "
-        f"products {met['tournament_best_hit_unseen']:.3f}), "
-        f"{met['tournament_ms']:.0f} ms per choice.",
+        f"({int(met['tournament_n'])} of them, {int(met.get('tournament_scored_n', met['tournament_n']))} with a "
+        f"ground truth): the ground truth's best creative picked "
+        f"{na(met['tournament_best_hit'])} ± {na(met['tournament_best_hit_ci95'])} of the time (95%, clustered "
+        f"by product; chance {na(met['tournament_chance'])}; on unseen "
+        f"products {na(met['tournament_best_hit_unseen'])}), "
+        f"{na(met['tournament_ms'], '.0f')} ms per choice.",
         f"Fast scorer (Bradley-Terry on design factors, distilled from {int(met['scorer_distill_pairs'])} "
-        f"unlabelled pairs' verdicts): agrees with the selector on {met['scorer_agreement_with_selector']:.3f} "
+        f"unlabelled pairs' verdicts): agrees with the selector on {na(met['scorer_agreement_with_selector'])} "
         f"of held-out verdicts, accuracy {met['scorer_accuracy']:.3f}, picks the best creative "
-        f"{met['scorer_best_hit']:.3f}; {met['scorer_best_of_n_ms']:.3f} ms per best-of-N vs "
-        f"{met['tournament_ms']:.0f} ms for the tournament.",
+        f"{na(met['scorer_best_hit'])}; {met['scorer_best_of_n_ms']:.3f} ms per best-of-N vs "
+        f"{na(met['tournament_ms'], '.0f')} ms for the tournament.",
         "",
         "Example choices:",
         "",
