@@ -644,10 +644,14 @@ def serve(
     else:
         preload = ["champion"]
     chosen = str(selector) if selector else _from_latest_run(s.placement.runs_dir, SELECTOR, "selector")
-    if selector and selector_folder(selector) is None:
-        typer.secho(f"error: {selector} holds no trained Creative4U selector", fg="red", err=True)
-        raise typer.Exit(2)
-    folder = selector_folder(chosen)
+    try:
+        if selector and selector_folder(selector) is None:
+            typer.secho(f"error: {selector} holds no trained Creative4U selector", fg="red", err=True)
+            raise typer.Exit(2)
+        folder = selector_folder(chosen)
+    except ValueError as e:  # a selector its stage does not serve (below the accuracy floor), named directly
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
     cfg = ServeConfig(s.placement.model_dump_json(), data, s.registry.model_name, experiment=experiment,
                       preload=preload, selector=str(folder) if folder else None)  # fmt: skip
     work = s.placement.workspace_path() / "serve"

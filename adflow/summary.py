@@ -217,6 +217,8 @@ def latest_selector(runs_dir: str | Path) -> str | None:
 
 
 def _fmt(v: float) -> str:
+    if v != v:  # NaN: a measure with nothing to measure (e.g. no held-out product unseen in training)
+        return "n/a"
     return f"{v:.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4g}"
 
 

@@ -105,3 +105,27 @@ def test_recency_without_start_times_is_the_order_written(tmp_path: Path) -> Non
     (runs / "a-second" / "summary.json").write_text("{")  # being written: passed over
     assert latest_dataset(runs) == "b-first"
     assert json.loads((runs / "b-first" / "summary.json").read_text())["status"] == "succeeded"
+
+
+def test_serve_refuses_a_selector_its_stage_does_not_serve_and_nan_reads_n_a(tmp_path: Path) -> None:
+    """`adflow serve --selector <stage>/selector` of a stage below the serving floor stops with the stage's
+    reason (exit 2, no traceback); a NaN metric (nothing to measure) prints as n/a in the summary table."""
+    from adflow.summary import _fmt
+
+    stage = tmp_path / "creative"
+    (stage / "selector").mkdir(parents=True)
+    (stage / "selector" / "selector.json").write_text("{}")
+    why = "no selector is served: held-out accuracy SFT 0.500 does not clear serve_min_accuracy 0.60"
+    (stage / "creative.json").write_text(json.dumps({"served": None, "selector": "selector", "note": why}))
+    sets = [
+        "--set",
+        f"placement.runs_dir={tmp_path / 'runs'}",
+        "--set",
+        f"placement.workspace={tmp_path / 'ws'}",
+    ]
+    r = CliRunner().invoke(
+        app, ["serve", "--dataset", str(tmp_path), "--selector", str(stage / "selector"), *sets]
+    )
+    assert r.exit_code == 2 and "serve_min_accuracy 0.60" in r.output, r.output
+    assert isinstance(r.exception, SystemExit)  # typer's exit, not a ValueError's traceback
+    assert _fmt(float("nan")) == "n/a" and _fmt(0.8114) == "0.8114" and _fmt(12.0) == "12"

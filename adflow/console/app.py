@@ -450,5 +450,7 @@ def _dur(v: float | None) -> str:
 
 def _num(v: Any) -> str:
     if isinstance(v, float):
+        if v != v:  # NaN: nothing to measure (the JSON API gives null)
+            return "n/a"
         return f"{v:.0f}" if v.is_integer() and abs(v) >= 1 else f"{v:.4g}"
     return str(v)
