@@ -205,6 +205,26 @@ def test_hard_negatives_are_same_category_and_never_positives(small_world: Path)
     assert len(interest) <= 5 * beh["user_id"].nunique()  # at most interest_per_user per user
 
 
+def test_behaviour_mask_removes_the_anchor_s_own_item() -> None:
+    """An item-anchored behaviour query (coclick, interest) is the anchor product's embedding: the anchor's own
+    item and its near duplicates leave its denominator (in a batch they are often another pair's positive, a
+    copy of the query at logit 1/T), a text query's do not, and no positive is ever masked."""
+    from components.training.moon.core import behaviour_mask
+
+    keys = np.array(["a", "b", "c", "d", "e", "a"])  # item 5 is a near duplicate of item 0
+    positives = np.array([1, 0, 2])  # pair 1's positive is pair 0's anchor
+    anchors = np.array([0, 3, -1])  # pair 2: a text query
+    candidates = np.array([*positives, 5, 4])  # then explicit negatives: a duplicate of item 0, item 4
+    m = behaviour_mask(positives, anchors, candidates, keys)
+    assert m.shape == (3, 5) and not m.diagonal().any()
+    assert m[0].tolist() == [False, True, False, True, False]  # its anchor (item 0) and its duplicate 5
+    assert m[1].tolist() == [False, False, False, True, False]  # its positive's duplicate; item 3 is absent
+    assert not m[2].any()  # no anchor, no near duplicate of item 2
+    # the positive survives even where it looks like the anchor
+    assert not behaviour_mask(np.array([5]), np.array([0]), np.array([5, 0]), keys)[0, 0]
+    assert behaviour_mask(np.array([5]), np.array([0]), np.array([5, 0]), keys)[0, 1]
+
+
 @pytest.mark.slow
 def test_moon_trains_embeds_and_resumes(small_world: Path, tmp_path: Path) -> None:
     """The whole stage on Ray: DDP fit of every variant, export, evaluation, Ray Data catalog embeddings; then a

@@ -179,6 +179,24 @@ def info_nce(q: Any, p: Any, temperature: float, mask: Any, symmetric: bool) -> 
     return loss
 
 
+def behaviour_mask(
+    positives: np.ndarray, anchors: np.ndarray, candidates: np.ndarray, dup_keys: np.ndarray
+) -> np.ndarray:
+    """[Q, C] True: what leaves behaviour query q's denominator. Near duplicates of its positive (column q);
+    for an item-anchored query (anchor >= 0: coclick, interest) also the anchor's own item and its near
+    duplicates: the query is that product's embedding, so its copy among the candidates (often another pair's
+    positive) scored 1/T, above any true positive. The positive at column q is never masked."""
+    keys = dup_keys[candidates]
+    m = dup_keys[positives][:, None] == keys[None, :]
+    anchored = anchors >= 0
+    anchor_keys = dup_keys[np.where(anchored, anchors, 0)]
+    m |= anchored[:, None] & (
+        (anchor_keys[:, None] == keys[None, :]) | (anchors[:, None] == candidates[None, :])
+    )
+    m[np.arange(len(positives)), np.arange(len(positives))] = False
+    return m
+
+
 # ---------------------------------------------------------------- Ray Train worker
 
 
@@ -357,9 +375,9 @@ def train_loop(config: dict[str, Any]) -> None:
                         ["image_text"] * len(cand_rows),
                         [None] * len(cand_rows),
                     )
-                    pos = cand_rows[: len(sel)]
-                    m = cat.dup_keys[pos][:, None] == cat.dup_keys[cand_rows][None, :]
-                    m[np.arange(len(sel)), np.arange(len(sel))] = False
+                    m = behaviour_mask(
+                        cand_rows[: len(sel)], sel["anchor"].to_numpy(int), cand_rows, cat.dup_keys
+                    )
                     loss = (
                         info_nce(q, p, tcfg.temperature, torch.as_tensor(m).to(q.device), symmetric=False)
                         + aux_q
