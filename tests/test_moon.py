@@ -225,6 +225,74 @@ def test_behaviour_mask_removes_the_anchor_s_own_item() -> None:
     assert behaviour_mask(np.array([5]), np.array([0]), np.array([5, 0]), keys)[0, 1]
 
 
+def test_hard_batches_keep_every_item_at_any_hard_share(small_world: Path) -> None:
+    """A hard group that overshoots the batch is cut before its rows are taken: with every row hard (groups of
+    uneven size) each item still comes once per epoch, and no batch is over size."""
+    cat = load_catalog(small_world, KEYS)
+    for frac, batch, group in ((1.0, 64, 8), (0.9, 20, 8), (1.0, 32, 5)):
+        epoch = batches(cat, batch, frac, group, np.random.default_rng(0))
+        flat = np.concatenate(epoch)
+        assert len(flat) == len(set(flat.tolist())) == len(cat), (frac, batch, group)
+        assert max(len(b) for b in epoch) <= batch
+
+
+def test_recall_and_expert_usage_in_chunks_equal_one_pass() -> None:
+    """Ranks computed a few queries at a time and gate weights averaged over forward passes of a few inputs
+    are those of one pass over everything (the full preset cannot afford one pass)."""
+    from types import SimpleNamespace
+
+    from components.training.moon.evaluate import expert_usage, recall_at_k
+
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(50, 8)).astype(np.float32)
+    queries = gallery[rng.integers(0, 50, 37)] + rng.normal(0, 0.8, (37, 8)).astype(np.float32)
+    truth = rng.integers(0, 50, 37)
+    truth[:20] = [int(np.argmax(gallery @ q)) for q in queries[:20]]
+    one = recall_at_k(queries, gallery, truth, [1, 5, 10], chunk=len(queries))
+    assert 0 < one[1] < one[10] < 1
+    for chunk in (1, 4, 36, None):
+        assert recall_at_k(queries, gallery, truth, [1, 5, 10], chunk=chunk) == one
+
+    m = load_settings("tiny", "local").moon_model
+    titles = [f"item {i} red sport" for i in range(10)]
+    images = list(rng.integers(0, 255, (10, m.image_size, m.image_size, 3), dtype=np.uint8))
+    proc = MoonProcessor.build(m, titles)
+    torch.manual_seed(0)
+    model = MoonEncoder(m, proc).eval()
+    seen: list[int] = []
+
+    def forward(b, mod, asp):  # type: ignore[no-untyped-def]
+        seen.append(len(b["input_ids"]))
+        return model(b, mod, asp)
+
+    enc = SimpleNamespace(processor=proc, model=forward, prepare_images=list, cfg=model.cfg)
+    cat = type("Catalog", (), {"titles": titles, "images": images, "__len__": lambda self: 10})()
+    q = {"clean": (np.stack(images[::-1]), None, None)}
+    whole = expert_usage(enc, cat, q, batch_size=10)  # type: ignore[arg-type]
+    assert seen == [10, 10, 10]
+    seen.clear()
+    chunked = expert_usage(enc, cat, q, batch_size=4)  # type: ignore[arg-type]
+    assert seen == [4, 4, 2] * 3
+    assert chunked["tags"] == whole["tags"] and set(chunked) == {"image", "text", "image_text", "tags"}
+    for kind in ("image", "text", "image_text"):
+        assert np.allclose(chunked[kind], whole[kind], atol=1e-6) and sum(whole[kind]) == pytest.approx(1)
+
+
+def test_the_served_variant_is_named() -> None:
+    """Without "moon" in moon_train.variants the first variant is served: the stage's line names it (the
+    metric keeps its name, recall_at_K_moon, which the run summary reads)."""
+    from components.training.moon.core import verdict
+
+    m = {"recall_at_10_moon": 0.25, "recall_at_10_baseline": 0.125}
+    assert verdict("moon", m, 10) == "image-search recall@10: moon 0.250, baseline 0.125"
+    line = verdict("no_moe", m, 10)
+    assert line.startswith("image-search recall@10: no_moe 0.250") and "no_moe is served" in line
+    m |= {"moon_image_r10_cluttered": 0.2, "no_core_region_image_r10_cluttered": 0.1}
+    assert verdict("moon", m, 10).endswith(
+        "cluttered queries 0.200 with core-region detection, 0.100 without"
+    )
+
+
 @pytest.mark.slow
 def test_moon_trains_embeds_and_resumes(small_world: Path, tmp_path: Path) -> None:
     """The whole stage on Ray: DDP fit of every variant, export, evaluation, Ray Data catalog embeddings; then a

@@ -152,7 +152,7 @@ def batches(
             group_rows = [
                 anchor,
                 *[int(j) for j in hard_negatives(anchor, catalog, group - 1, rng) if not used[j]],
-            ]
+            ][: batch - len(rows)]  # a group cut at the batch's end: rows past it stay for a later batch
             for j in group_rows:
                 used[j] = True
             rows += group_rows
@@ -162,7 +162,7 @@ def batches(
                 used[j] = True
                 rows.append(j)
         if len(rows) >= 2:
-            out.append(np.array(rows[:batch] if len(rows) > batch else rows))
+            out.append(np.array(rows))
     return out
 
 

@@ -27,12 +27,17 @@ STAGE = "moon"
 
 
 def recall_at_k(
-    queries: np.ndarray, gallery: np.ndarray, truth: np.ndarray, ks: list[int]
+    queries: np.ndarray, gallery: np.ndarray, truth: np.ndarray, ks: list[int], chunk: int | None = None
 ) -> dict[int, float]:
-    """Share of queries whose true gallery row is among the K most similar (cosine; rows are unit length)."""
-    sims = queries @ gallery.T
-    true = sims[np.arange(len(queries)), truth]
-    rank = (sims > true[:, None]).sum(1)  # ties count in the query's favour
+    """Share of queries whose true gallery row is among the K most similar (cosine; rows are unit length).
+    Ranked `chunk` queries at a time (default: ~16M similarities a chunk): the full preset's 400k query
+    photos against 100k products would be a 160 GB similarity matrix in one piece."""
+    step = chunk or max(1, (1 << 24) // max(1, len(gallery)))
+    rank = np.empty(len(queries), np.int64)
+    for i in range(0, len(queries), step):
+        sims = queries[i : i + step] @ gallery.T
+        true = sims[np.arange(len(sims)), truth[i : i + step]]
+        rank[i : i + step] = (sims > true[:, None]).sum(1)  # ties count in the query's favour
     return {k: float((rank < k).mean()) for k in ks}
 
 
@@ -100,8 +105,10 @@ def evaluate(
     ks: list[int],
     per_item: int,
     seed: int,
+    batch_size: int = 64,
 ) -> dict[str, Any]:
-    """Every variant and the baseline on the same held-out queries: {"table": {name: {metric: value}}, ...}."""
+    """Every variant and the baseline on the same held-out queries: {"table": {name: {metric: value}}, ...}.
+    `batch_size`: inputs per forward pass where the expert usage is measured (moon_train.embed_batch_size)."""
     import torch
 
     from adflow.data.views import load_catalog
@@ -162,29 +169,42 @@ def evaluate(
                 ious[s] = float(box_iou(torch.as_tensor(pred), torch.as_tensor(queries[s][2])).mean())
             ious["detector"] = 1.0
         if enc.model.use_moe:
-            usage[name] = expert_usage(enc, cat, queries)
+            usage[name] = expert_usage(enc, cat, queries, batch_size)
     ious.pop("detector", None)
     return {"table": table, "iou": ious, "usage": usage, "queries": {s: len(queries[s][1]) for s in queries}}
 
 
-def expert_usage(enc: Encoder, cat: Any, queries: dict[str, Any]) -> dict[str, list[float]]:
-    """Mean gate weight of every expert per input modality (the guided MoE's routing, measured)."""
+def expert_usage(
+    enc: Encoder, cat: Any, queries: dict[str, Any], batch_size: int = 64
+) -> dict[str, list[float]]:
+    """Mean gate weight of every expert per input modality (the guided MoE's routing, measured), over
+    `batch_size` inputs per forward pass: the whole catalog in one pass does not fit at the full preset."""
     import torch
 
     from adflow.models.moon import aspect_ids, modality_ids
 
-    inputs: dict[str, tuple[list[Any], list[Any]]] = {
-        "image": ([None] * len(cat), enc.prepare_images(list(queries["clean"][0][: len(cat)]))),
-        "text": (cat.titles, [None] * len(cat)),
-        "image_text": (cat.titles, enc.prepare_images(cat.images)),
+    photos = queries["clean"][0][: len(cat)]
+    inputs: dict[str, tuple[list[Any], Any]] = {
+        "image": ([None] * len(photos), photos),
+        "text": (cat.titles, None),
+        "image_text": (cat.titles, cat.images),
     }
     out = {}
     with torch.inference_mode():
         for kind, (texts, images) in inputs.items():
-            b = enc.processor(texts, images)
-            n = len(b["input_ids"])
-            _, _, probs = enc.model(b, modality_ids([kind] * n), aspect_ids([None] * n))
-            out[kind] = probs.float().mean(0).tolist()
+            total: Any = 0.0
+            for i in range(0, len(texts), batch_size):
+                t = texts[i : i + batch_size]
+                im = (
+                    [None] * len(t)
+                    if images is None
+                    else enc.prepare_images(list(images[i : i + batch_size]))
+                )
+                b = enc.processor(t, im)
+                n = len(b["input_ids"])
+                _, _, probs = enc.model(b, modality_ids([kind] * n), aspect_ids([None] * n))
+                total = total + probs.float().sum(0)
+            out[kind] = (total / len(texts)).tolist()
     out["tags"] = list(enc.cfg.moe_experts)
     return out
 
