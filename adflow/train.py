@@ -3,17 +3,35 @@
 Each stage keeps its own training loop, readable top to bottom; these are the parts that must behave the same
 in every stage: DDP or DeepSpeed from one config, the global batch across workers, a checkpoint per epoch that
 a retried worker group or an explicit `resume_from` continues after, and one history line per epoch.
+
+A loop resumes in three steps: `load_state` (the checkpoint's state), `load_weights` into the bare models,
+then `engine`, then `restore_optimisers`. The weights go in before the engine is built because DeepSpeed's
+ZeRO keeps fp32 master copies taken at initialize and copies them back over the model at every step.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from adflow.config import Settings
+from adflow.progress import log
+
+
+def epochs_done(resume_from: str | Path | None) -> int:
+    """How many epochs the checkpoint folder `resume_from` holds (0 for none)."""
+    import torch
+
+    if not resume_from:
+        return 0
+    # memory-mapped: only the epoch is read, not every variant's weights
+    state = torch.load(Path(resume_from) / "state.pt", map_location="cpu", weights_only=False, mmap=True)
+    return int(state["epoch"]) + 1
 
 
 def fit(
@@ -22,13 +40,26 @@ def fit(
     config: dict[str, Any],
     storage: str | Path,
     name: str,
+    epochs: int | None = None,
 ) -> Any:
-    """One TorchTrainer run of `loop` on the placement's workers (gloo on CPU, nccl on GPUs); Ray's Result."""
+    """One TorchTrainer run of `loop` on the placement's workers (gloo on CPU, nccl on GPUs); Ray's Result.
+    None, and Ray never started, when config's `resume_from` already holds all `epochs`: the loop would run
+    no epoch and report no checkpoint (`final_checkpoint` then reads resume_from's).
+
+    Every fit is a run of its own in `storage` (`name`-time-suffix): Ray Train reloads the checkpoints of a
+    run folder it finds, so a second fit under the same name (a stage rerun into the same output folder)
+    got the first one's last checkpoint from get_checkpoint(), before and instead of its `resume_from`."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from adflow.ray_cluster import connect
 
+    if epochs is not None and (done := epochs_done(config.get("resume_from"))) >= epochs:
+        log(name, f"{config['resume_from']} holds {done} epochs of {epochs}: nothing left to train")
+        return None
+    if config.get("resume_from") and (config.get("train") or {}).get("deepspeed"):
+        log(name, "resuming under DeepSpeed: the checkpoint's weights, fresh optimiser moments (not saved)")
+    run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     p = settings.placement
     connect(p.ray_address, num_cpus=p.num_workers)
     trainer = TorchTrainer(
@@ -41,12 +72,26 @@ def fit(
             resources_per_worker={"GPU": p.gpus_per_worker} if p.use_gpu else {"CPU": 1},
         ),
         run_config=ray.train.RunConfig(
-            name=name,
+            name=run_name,
             storage_path=str(Path(storage).resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
     return trainer.fit()
+
+
+def final_checkpoint(result: Any, resume_from: str | None, what: str) -> Any:
+    """The checkpoint a `fit` ended with: resume_from's when it had nothing left to train (None)."""
+    import ray.train
+
+    if result is None:
+        assert resume_from, "fit returns None only for a finished resume_from"
+        return ray.train.Checkpoint.from_directory(resume_from)
+    if result.error:
+        raise RuntimeError(f"{what} training failed: {result.error}")
+    if result.checkpoint is None:
+        raise RuntimeError(f"{what} training reported no checkpoint")
+    return result.checkpoint
 
 
 def engine(model: Any, opt: Any, deepspeed_config: dict[str, Any] | None, **ddp: Any) -> tuple[Any, Any]:
@@ -73,12 +118,10 @@ def half_dtype(deepspeed_config: dict[str, Any] | None) -> Any:
     return torch.bfloat16 if ((deepspeed_config or {}).get("bf16") or {}).get("enabled") else None
 
 
-def restore(
-    config: dict[str, Any], engines: dict[str, Any], opts: dict[str, Any], deepspeed: bool
-) -> dict[str, Any]:
-    """Load the last checkpoint into every variant: Ray's own (a retried worker group) first, else the
-    config's `resume_from` (Ray Train v2 dropped TorchTrainer(resume_from_checkpoint=...)). Returns the saved
-    state ({} when starting fresh); training continues at state["epoch"] + 1."""
+def load_state(config: dict[str, Any]) -> dict[str, Any]:
+    """The saved state to continue from ({} when starting fresh): Ray's own checkpoint (a retried worker group
+    of this fit, which went on from resume_from) first, else the config's `resume_from` (Ray Train v2 dropped
+    TorchTrainer(resume_from_checkpoint=...)). Training continues at state["epoch"] + 1."""
     import ray.train
     import torch
 
@@ -89,11 +132,26 @@ def restore(
         return {}
     with ckpt.as_directory() as d:
         state: dict[str, Any] = torch.load(Path(d) / "state.pt", weights_only=False)
-    for v, eng in engines.items():
-        unwrap(eng).load_state_dict(state["models"][v])
-        if not deepspeed:
-            opts[v].load_state_dict(state["opts"][v])
     return state
+
+
+def load_weights(models: dict[str, Any], state: dict[str, Any]) -> None:
+    """The state's weights into every variant's bare model, before `engine` wraps it (see the docstring)."""
+    for v, model in models.items():
+        if state:  # fresh: nothing to load
+            model.load_state_dict(state["models"][v])
+
+
+def restore_optimisers(opts: dict[str, Any], state: dict[str, Any], deepspeed: bool) -> None:
+    """The state's optimiser moments into every variant's optimiser, after `engine`. A DeepSpeed checkpoint has
+    none (ZeRO partitions them across ranks; `report_epoch` saves the weights alone): its optimiser restarts."""
+    if not state:
+        return
+    if deepspeed:
+        log("train", f"resumed after epoch {state['epoch']} with fresh optimiser moments (DeepSpeed)")
+        return
+    for v, opt in opts.items():
+        opt.load_state_dict(state["opts"][v])
 
 
 def report_epoch(

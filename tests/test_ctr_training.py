@@ -280,6 +280,15 @@ def test_train_checkpoint_and_resume(feature_set: tuple[Path, Path], moon_featur
     assert losses[-1] < h["ciubm_train_loss"]
     p = b.predict(pd.read_parquet(features / "test.parquet"))
     assert p.shape[0] > 0 and np.all((p > 0) & (p < 1))
+    # resumed again with the same epochs: every epoch is done, so no Ray run (it would report no checkpoint);
+    # the resumed checkpoint is exported as it is
+    again = train(s2, features, tmp / "m3", resume_from=resumed.checkpoint)
+    assert again.epochs_run == [] and again.history == [] and again.checkpoint == resumed.checkpoint
+    c = torch.load(Path(again.model_dir) / "ciubm.pt", weights_only=False)
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(b.model.state_dict().values(), c.model.state_dict().values(), strict=True)
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)

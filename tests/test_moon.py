@@ -328,7 +328,8 @@ def test_moon_trains_embeds_and_resumes(small_world: Path, tmp_path: Path) -> No
     assert [h["epoch"] for h in r.history] == [0, 1, 2] and r.history[-1]["posttrain"] == 1
     # resume: one more post-training epoch from the last checkpoint runs epoch 3 only
     assert not (out / "ray").exists()  # checkpoints stay on the volume
-    ckpt = sorted(p for p in (work / "ray" / "moon").glob("checkpoint_*") if p.is_dir())[-1]
+    (run_dir,) = (work / "ray").glob("moon-*")  # every fit is a run of its own (adflow/train.py)
+    ckpt = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())[-1]
     s2 = small_settings(tmp_path, *_fast("moon_train.posttrain_epochs=2"))
     res = fit(s2, work / "prepared", tmp_path / "ray2", tmp_path / "history2.jsonl", str(ckpt))
     assert res.error is None

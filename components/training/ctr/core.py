@@ -198,6 +198,7 @@ def train_loop(config: dict[str, Any]) -> None:
     train, val = _load(data, "train"), _load(data, "val")
     tables = _load(data, "content_tables")
     device = ray.train.torch.get_device()
+    models: dict[str, Any] = {}
     engines: dict[str, Any] = {}
     opts: dict[str, Any] = {}
     # Each variant has its own random stream (initial weights, dropout masks), all from the same seed: a
@@ -206,12 +207,14 @@ def train_loop(config: dict[str, Any]) -> None:
     streams: dict[str, Any] = {}
     for v in tcfg.variants:
         torch.manual_seed(tcfg.seed)
-        model = CTRModel(mcfg, v, enc.sizes(), variant_content(v, config["content"], tables))
+        models[v] = CTRModel(mcfg, v, enc.sizes(), variant_content(v, config["content"], tables))
         streams[v] = _rng_state(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        engines[v], opts[v] = T.engine(model, opt, tcfg.deepspeed)
-
-    state = T.restore(config, engines, opts, bool(tcfg.deepspeed))
+        opts[v] = torch.optim.AdamW(models[v].parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    state = T.load_state(config)
+    T.load_weights(models, state)  # before the engines: ZeRO would copy its initial weights back
+    for v in tcfg.variants:
+        engines[v], opts[v] = T.engine(models[v], opts[v], tcfg.deepspeed)
+    T.restore_optimisers(opts, state, bool(tcfg.deepspeed))
     start = state["epoch"] + 1 if state else 0
     # per variant: the epoch with the best validation AUC and its weights
     best: dict[str, dict[str, Any]] = state.get("best", {})
@@ -302,7 +305,7 @@ def fit(
         "history_path": str(Path(history_path).resolve()),
         "resume_from": str(resume_from) if resume_from else None,
     }
-    return T.fit(settings, train_loop, config, storage, name)
+    return T.fit(settings, train_loop, config, storage, name, settings.ctr_train.epochs)
 
 
 def export(
@@ -376,12 +379,12 @@ def train(
     done_before = len(history_path.read_text().splitlines()) if history_path.exists() else 0
     with follow(history_path, STAGE, _progress_line, start=done_before):
         result = fit(settings, data, work / "ray", "ctr", history_path, resume_from)
-    if result.error:
-        raise RuntimeError(f"CTR training failed: {result.error}")
-    history = [json.loads(line) for line in history_path.read_text().splitlines()[done_before:]]
-    ckpt = result.checkpoint
-    if ckpt is None:
-        raise RuntimeError("CTR training reported no checkpoint")
+    ckpt = T.final_checkpoint(result, resume_from, "CTR")
+    history = (
+        [json.loads(line) for line in history_path.read_text().splitlines()[done_before:]]
+        if history_path.exists()
+        else []
+    )
     with ckpt.as_directory() as d:
         paths = export(settings, data, d, out)
         ckpt_path = str(ckpt.path)

@@ -263,17 +263,20 @@ def train_loop(config: dict[str, Any]) -> None:
     config = {**config, "views_per_item": imgs["views_raw"].shape[1]}
     device = ray.train.torch.get_device()
     flags: dict[str, dict[str, bool]] = {v: config["flags"][v] for v in tcfg.variants}
+    models: dict[str, Any] = {}
     engines: dict[str, Any] = {}
     opts: dict[str, Any] = {}
     for v in tcfg.variants:
         # every variant from the same seed: an ablation differs from MOON by its switch, not by its init
         torch.manual_seed(tcfg.seed)
-        model = MoonEncoder(mcfg, processor, moe=flags[v]["moe"])
-        opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        models[v] = MoonEncoder(mcfg, processor, moe=flags[v]["moe"])
+        opts[v] = torch.optim.AdamW(models[v].parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    state = T.load_state(config)
+    T.load_weights(models, state)  # before the engines: ZeRO would copy its initial weights back
+    for v in tcfg.variants:
         # unused experts' parameters get no gradient on some batches
-        engines[v], opts[v] = T.engine(model, opt, tcfg.deepspeed, find_unused_parameters=True)
-
-    state = T.restore(config, engines, opts, bool(tcfg.deepspeed))
+        engines[v], opts[v] = T.engine(models[v], opts[v], tcfg.deepspeed, find_unused_parameters=True)
+    T.restore_optimisers(opts, state, bool(tcfg.deepspeed))
     start = state["epoch"] + 1 if state else 0
     pretrained = state.get("pretrained", {})
     half = T.half_dtype(tcfg.deepspeed)
@@ -435,7 +438,8 @@ def fit(
         "history_path": str(Path(history_path).resolve()),
         "resume_from": str(resume_from) if resume_from else None,
     }
-    return T.fit(settings, train_loop, config, storage, "moon")
+    t = settings.moon_train
+    return T.fit(settings, train_loop, config, storage, "moon", t.pretrain_epochs + t.posttrain_epochs)
 
 
 def export(
@@ -493,13 +497,14 @@ def train(
     t_fit = time.perf_counter()
     with follow(history_path, STAGE, _progress_line, start=done_before):
         result = fit(settings, work / "prepared", work / "ray", history_path, resume_from)
-    if result.error:
-        raise RuntimeError(f"MOON training failed: {result.error}")
-    if result.checkpoint is None:
-        raise RuntimeError("MOON training reported no checkpoint")
+    ckpt = T.final_checkpoint(result, resume_from, "MOON")
     fit_s = time.perf_counter() - t_fit
-    history = [json.loads(line) for line in history_path.read_text().splitlines()[done_before:]]
-    with result.checkpoint.as_directory() as d:
+    history = (
+        [json.loads(line) for line in history_path.read_text().splitlines()[done_before:]]
+        if history_path.exists()
+        else []
+    )
+    with ckpt.as_directory() as d:
         encoders = export(settings, work / "prepared", d, work)
     t_eval = time.perf_counter()
     ev = evaluate(
