@@ -563,7 +563,8 @@ def truth_best(creatives: pd.DataFrame, segment: str) -> int | None:
         return None
     if creatives[list(DESIGN_FACTORS)].isna().any(axis=None):
         return None
-    app = appeal(*(creatives[f].to_numpy() for f in DESIGN_FACTORS), segment)
+    prominence, clutter, legibility, theme = (creatives[f].to_numpy() for f in DESIGN_FACTORS)
+    app = appeal(prominence, clutter, legibility, theme, segment)
     return int(creatives["creative_id"].iloc[int(np.argmax(app))])
 
 
