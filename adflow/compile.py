@@ -91,6 +91,9 @@ _RESOURCE_FIELDS = {  # the IR's string field and its numeric twin, as kfp's own
     "memory_request": ("resourceMemoryRequest", "memoryRequest"),
     "memory_limit": ("resourceMemoryLimit", "memoryLimit"),
 }
+# a GPU for the step pod itself (where evaluation runs on the driver: the Creative4U selector's generations,
+# MOON's evaluation); the training GPUs stay the Ray workers'
+_ACCELERATOR_FIELDS = ("accelerator_type", "accelerator_count")
 _MEMORY_UNITS = {
     "K": 1e-6,
     "M": 1e-3,
@@ -130,8 +133,14 @@ def stamp_resources(
             continue
         res = executors[executor]["container"].setdefault("resources", {})
         for kind, value in wanted.items():
+            if kind in _ACCELERATOR_FIELDS:
+                continue
             text_field, number_field = _RESOURCE_FIELDS[kind]
             res[text_field], res[number_field] = str(value), _number(kind, str(value))
+        if "accelerator_type" in wanted:
+            # as kfp's set_accelerator_type + set_accelerator_limit write it (old and new field names)
+            kind, count = str(wanted["accelerator_type"]), str(wanted.get("accelerator_count", "1"))
+            res["accelerator"] = {"type": kind, "resourceType": kind, "count": count, "resourceCount": count}
         applied[step] = dict(wanted)
     _write_ir(path, docs)
     return applied

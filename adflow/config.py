@@ -423,7 +423,8 @@ class Placement(Strict):
     gpus_per_worker: float = Field(0, ge=0)
     # CPU / memory of each pipeline step's pod, by step name ("default": every other step), stamped into the
     # compiled pipeline: {"moon": {"cpu_request": "8", "memory_request": "64G"}}. The steps drive Ray; the
-    # training GPUs belong to the Ray workers (infra/k8s), not to these pods.
+    # training GPUs belong to the Ray workers (infra/k8s). A step that evaluates on its own pod (Creative4U's
+    # generations, MOON's evaluation) can ask for one: accelerator_type (nvidia.com/gpu), accelerator_count.
     step_resources: dict[str, dict[str, str]] = {}
 
     @model_validator(mode="after")
@@ -433,12 +434,16 @@ class Placement(Strict):
                 f"workspace_pvc={self.workspace_pvc!r} is mounted at workspace, which must then be an "
                 f"absolute path (got {self.workspace!r})"
             )
-        allowed = {"cpu_request", "cpu_limit", "memory_request", "memory_limit"}
+        allowed = {"cpu_request", "cpu_limit", "memory_request", "memory_limit", "accelerator_type",
+                   "accelerator_count"}  # fmt: skip
         for step, res in self.step_resources.items():
             if unknown := set(res) - allowed:
                 raise ValueError(
                     f"step_resources.{step}: unknown keys {sorted(unknown)}; use {sorted(allowed)}"
                 )
+            if "accelerator_count" in res and "accelerator_type" not in res:
+                raise ValueError(f"step_resources.{step}: accelerator_count needs accelerator_type "
+                                 "(e.g. nvidia.com/gpu)")  # fmt: skip
         return self
 
     def workspace_path(self) -> Path:

@@ -43,6 +43,18 @@ def test_every_pipeline_compiles(tmp_path: Path, placement: str) -> None:
         assert (
             executors["exec-moon"]["container"]["resources"]["memoryRequest"] == 64.0
         )  # GB, as kfp writes it
+        # the two steps that evaluate a 3B model on their own pod get a GPU, written as kfp's
+        # set_accelerator_type + set_accelerator_limit write it; the others none
+        gpu = {"type": "nvidia.com/gpu", "resourceType": "nvidia.com/gpu", "count": "1", "resourceCount": "1"}
+        with_gpu = {
+            n for n, ex in executors.items() if ex["container"]["resources"].get("accelerator") == gpu
+        }
+        assert with_gpu == {"exec-creative", "exec-moon"}
+        assert all(
+            "accelerator" not in ex["container"]["resources"]
+            for n, ex in executors.items()
+            if n not in with_gpu
+        )
     else:
         assert all("resources" not in ex["container"] for ex in executors.values())
 
@@ -56,6 +68,8 @@ def test_step_resources_are_checked(tmp_path: Path) -> None:
         compile_pipeline("ads_full", s, tmp_path)
     with pytest.raises(ValueError, match="unknown keys"):
         load_settings("tiny", "local", ["placement.step_resources={moon: {gpus: '2'}}"])
+    with pytest.raises(ValueError, match="accelerator_count needs accelerator_type"):
+        load_settings("tiny", "local", ["placement.step_resources={moon: {accelerator_count: '2'}}"])
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)

@@ -265,7 +265,9 @@ def test_recall_and_expert_usage_in_chunks_equal_one_pass() -> None:
         seen.append(len(b["input_ids"]))
         return model(b, mod, asp)
 
-    enc = SimpleNamespace(processor=proc, model=forward, prepare_images=list, cfg=model.cfg)
+    enc = SimpleNamespace(
+        processor=proc, model=forward, prepare_images=list, cfg=model.cfg, device=torch.device("cpu")
+    )
     cat = type("Catalog", (), {"titles": titles, "images": images, "__len__": lambda self: 10})()
     q = {"clean": (np.stack(images[::-1]), None, None)}
     whole = expert_usage(enc, cat, q, batch_size=10)  # type: ignore[arg-type]

@@ -521,6 +521,7 @@ def train(
         out / "embeddings.parquet",
         t.embed_batch_size,
         settings.placement.num_workers,
+        settings.placement.gpus_per_worker if settings.placement.use_gpu else 0.0,
     )
     embed_s = time.perf_counter() - t_embed
     publish(work, out, ["encoders", "history.jsonl"])

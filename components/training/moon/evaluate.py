@@ -48,10 +48,18 @@ def prompt_accuracy(images: np.ndarray, prompts: np.ndarray, labels: np.ndarray)
 class Encoder:
     """A saved MOON variant ready to embed raw catalog images and texts (its detector crops when it has one)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, device: str = "auto") -> None:
+        import torch
+
         from adflow.models.moon import load_detector, load_encoder
 
         self.model, self.processor, self.meta = load_encoder(path)
+        # on the GPU where there is one (a cluster's step pod or a GPU actor: a 3B model over the catalog);
+        # `embed` feeds the model on its own device. The detector is a small CNN and stays on the CPU.
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model.to(self.device)
         self.cfg = self.model.cfg
         det = Path(path) / "detector.pt"
         self.detector = load_detector(det) if self.meta.get("crop") and det.exists() else None
@@ -202,7 +210,9 @@ def expert_usage(
                 )
                 b = enc.processor(t, im)
                 n = len(b["input_ids"])
-                _, _, probs = enc.model(b, modality_ids([kind] * n), aspect_ids([None] * n))
+                device = enc.device
+                b = {k: v.to(device) for k, v in b.items()}
+                _, _, probs = enc.model(b, modality_ids([kind] * n, device), aspect_ids([None] * n, device))
                 total = total + probs.float().sum(0)
             out[kind] = (total / len(texts)).tolist()
     out["tags"] = list(enc.cfg.moe_experts)
@@ -231,9 +241,15 @@ class _EmbedBatch:
 
 
 def embed_catalog(
-    dataset: str | Path, encoder_dir: str | Path, out_path: str | Path, batch_size: int, workers: int
+    dataset: str | Path,
+    encoder_dir: str | Path,
+    out_path: str | Path,
+    batch_size: int,
+    workers: int,
+    gpus_per_worker: float = 0.0,
 ) -> pd.DataFrame:
-    """Batch inference over the whole catalog with Ray Data -> parquet (item_id, moon_embedding)."""
+    """Batch inference over the whole catalog with Ray Data -> parquet (item_id, moon_embedding). With
+    `gpus_per_worker` (a GPU placement) each actor asks Ray for its share of a GPU and embeds on it."""
     import ray.data
 
     items = pd.read_parquet(
@@ -253,6 +269,7 @@ def embed_catalog(
         batch_size=batch_size,
         concurrency=workers,
         num_cpus=1,
+        num_gpus=gpus_per_worker or None,
         batch_format="numpy",
     )
     out = ds.to_pandas().sort_values("item_id").reset_index(drop=True)
