@@ -141,7 +141,7 @@ class Study:
         return [
             self.per_seed[s][variant][metric] - self.per_seed[s][self.base][metric]
             for s in sorted(self.per_seed)
-            if metric in self.per_seed[s].get(variant, {})
+            if metric in self.per_seed[s].get(variant, {}) and metric in self.per_seed[s].get(self.base, {})
         ]
 
     def differences(self, metric: str) -> dict[str, dict[str, float]]:
@@ -263,7 +263,15 @@ def _resume(
 
 
 def _key(settings: Settings, data: str | Path, section: str) -> dict[str, Any]:
-    return {"data": str(Path(data).resolve()), section: getattr(settings, section).model_dump(mode="json")}
+    """What a seed's numbers depend on besides the seed: the data, the stage's section and where it trains
+    (the number of Ray Train workers changes the shards, the per-worker batch and in-batch negatives; a GPU
+    another float path), so a study restarted elsewhere does not keep seeds trained another way."""
+    where = settings.placement.model_dump(mode="json", include={"num_workers", "use_gpu", "gpus_per_worker"})
+    return {
+        "data": str(Path(data).resolve()),
+        section: getattr(settings, section).model_dump(mode="json"),
+        "placement": where,
+    }
 
 
 SeedRun = Callable[[int, Path], tuple[dict[str, dict[str, float]], str]]
@@ -364,7 +372,11 @@ def moon_study(settings: Settings, dataset: str | Path, seeds: list[int], out_di
     from components.training.moon import core
 
     out = Path(out_dir)
-    key = _key(settings, dataset, "moon_train") | {"model": settings.moon_model.model_dump(mode="json")}
+    key = _key(settings, dataset, "moon_train") | {
+        "model": settings.moon_model.model_dump(mode="json"),
+        # post-training's behaviour pairs come only from before this quantile of the impressions' times
+        "split_quantile": settings.features.split_quantile,
+    }
     k = max(settings.moon_train.recall_k)
     metrics = moon_metrics(k)
     study = Study("moon", seeds, "moon", [], *_resume(out, "moon", seeds, key), key, metrics)

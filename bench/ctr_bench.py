@@ -57,9 +57,8 @@ def online_reads(fs, user_ids: list[int], repeats: int) -> tuple[float, float]: 
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    refs = [
-        f"user_behaviour:{n}" for n in ("hist_item_ids", "hist_ts", "clicks_1d", "clicks_7d", "clicks_total")
-    ]
+    names = ("hist_item_ids", "hist_ts", "clicks_1d", "clicks_7d", "clicks_total")
+    refs = [f"user_behaviour:{n}" for n in names]
     fs.get_online_features(
         features=refs, entity_rows=[{"user_id": user_ids[0]}]
     )  # first call loads the registry
@@ -77,11 +76,15 @@ def online_reads(fs, user_ids: list[int], repeats: int) -> tuple[float, float]: 
     ]
     db = sqlite3.connect(fs.config.online_store.path)
     table = f"{fs.config.project}_user_behaviour"
-    q = f"SELECT entity_key, feature_name, value FROM {table} WHERE entity_key IN ({','.join('?' * len(keys))})"
+    # the same keys and the same features Feast is asked for (the view holds more)
+    q = (
+        f"SELECT entity_key, feature_name, value FROM {table} WHERE entity_key IN ({','.join('?' * len(keys))})"
+        f" AND feature_name IN ({','.join('?' * len(names))})"
+    )
     raw_t = []
     for _ in range(repeats):
         t = time.perf_counter()
-        rows = db.execute(q, keys).fetchall()
+        rows = db.execute(q, [*keys, *names]).fetchall()
         raw_t.append(time.perf_counter() - t)
     assert rows, "the raw read found nothing: wrong table or keys"
     return statistics.median(feast_t), statistics.median(raw_t)
@@ -126,7 +129,7 @@ def main() -> int:
         "plain_epoch_s": plain_epoch,
         "ray_vs_plain_epoch_ratio": ray_epoch / plain_epoch,
         "ray_fit_total_s": ray_total,
-        "ray_fixed_cost_s": ray_total - sum(ray_epochs),
+        "stage_beyond_training_loops_s": ray_total - sum(ray_epochs),
         **{f"feast_online_{n}_users_p50_ms": 1000 * f for n, (f, _) in reads.items()},
         **{f"raw_sqlite_{n}_users_p50_ms": 1000 * r for n, (_, r) in reads.items()},
         **{f"feast_vs_raw_{n}_users_ratio": f / r for n, (f, r) in reads.items()},
@@ -136,7 +139,9 @@ def main() -> int:
         "| benchmark | adflow | baseline | ratio |",
         "|---|---|---|---|",
         f"| CiUBM epoch: Ray Train (2x1 thread) vs plain loop (2 threads) | {ray_epoch:.2f} s | {plain_epoch:.2f} s | {res['ray_vs_plain_epoch_ratio']:.2f} (goal <= 1.3) |",
-        f"| Ray fixed cost per fit (start-up + set-up) | {res['ray_fixed_cost_s']:.1f} s | - | - |",
+        # the whole stage call less its training loops: Ray's start-up, and what the plain loop also needs
+        # (tensors prepared, per-epoch validation and checkpoints, the export)
+        f"| CTR stage beyond its training loops (Ray start-up, data preparation, validation, checkpoints, export) | {res['stage_beyond_training_loops_s']:.1f} s | - | - |",
         *[
             f"| Feast online read, {n} user(s), p50 vs raw SQLite | {1000 * f:.2f} ms | {1000 * r:.3f} ms | {f / r:.1f} |"
             for n, (f, r) in reads.items()

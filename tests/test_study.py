@@ -212,3 +212,29 @@ def test_moon_study_compares_every_encoder_per_seed(small_world: Path, tmp_path:
     md = (out / "study.md").read_text()
     assert "| baseline | image_r10 |" in md and "| no_core_region | image_r10_cluttered |" in md
     assert "| baseline | text_image_r10 |" not in md  # no such number: no row
+
+
+def test_a_study_key_holds_where_it_trains_and_pairs_need_both_rows(tmp_path: Path) -> None:
+    """Seeds trained on another number of Ray workers or another device, or MOON post-trained from another
+    cut-off, are another study; a metric the base variant lacks is left out of the pairs, not a KeyError."""
+    from adflow.config import load_settings
+
+    base = load_settings("tiny", "local")
+    keys = {
+        "same": S._key(base, tmp_path, "moon_train"),
+        "workers": S._key(
+            load_settings("tiny", "local", ["placement.num_workers=1"]), tmp_path, "moon_train"
+        ),
+        "gpu": S._key(load_settings("tiny", "local", ["placement.use_gpu=true"]), tmp_path, "moon_train"),
+    }
+    assert keys["same"] == S._key(load_settings("tiny", "local"), tmp_path, "moon_train")
+    assert keys["workers"] != keys["same"] and keys["gpu"] != keys["same"]
+    row = {"auc": 0.7}
+    st = _study(
+        {
+            0: {"a": row, "b": {**row, "extra": 1.0}},
+            1: {"a": {**row, "extra": 0.5}, "b": {**row, "extra": 1.0}},
+        },
+        {"data": "x"},
+    )
+    assert st.paired("b", "extra") == [0.5]  # seed 0's base has no "extra"
