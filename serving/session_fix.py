@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any
 
-_installed = False
+_upstream: type | None = None  # BentoML's own SessionManager, kept when install() replaces it
 
 
 def graceful_manager(base: type) -> type:
@@ -52,10 +52,18 @@ def graceful_manager(base: type) -> type:
 
 
 def install() -> None:
-    global _installed
-    if _installed:
+    global _upstream
+    if _upstream is not None:
         return
     from _bentoml_impl.client import proxy2
 
-    proxy2.SessionManager = graceful_manager(proxy2.SessionManager)
-    _installed = True
+    _upstream = proxy2.SessionManager
+    proxy2.SessionManager = graceful_manager(_upstream)
+
+
+def upstream_manager() -> type:
+    """BentoML's SessionManager as it ships, whether or not install() has replaced it in this process (a test
+    that imported serving.service has)."""
+    from _bentoml_impl.client import proxy2
+
+    return _upstream if _upstream is not None else proxy2.SessionManager

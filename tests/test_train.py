@@ -61,8 +61,8 @@ def _loop(config: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_each_fit_is_a_run_of_its_own(tmp_path: Path) -> None:
     """A second fit into the same storage under the same name starts fresh (Ray Train handed it the first
-    one's checkpoint before), `resume_from` is what a fit continues from, and a resume_from that already
-    holds every epoch starts no Ray at all."""
+    one's checkpoint before), and a resume_from that already holds every epoch starts no Ray at all. (A fit
+    continuing from resume_from: tests/test_ctr_training.py's resume test; each fit here costs ~25 s.)"""
     s = small_settings(tmp_path, "placement.num_workers=1")
     log, store = tmp_path / "log.jsonl", tmp_path / "ray"
 
@@ -73,17 +73,12 @@ def test_each_fit_is_a_run_of_its_own(tmp_path: Path) -> None:
     first = fit("first")
     second = fit("second")
     assert first.error is None and second.error is None
-    resumed = fit("resumed", resume_from=first.checkpoint.path)
     lines = [json.loads(x) for x in log.read_text().splitlines()]
-    assert lines == [
-        {"run": "first", "resumed": None},
-        {"run": "second", "resumed": None},
-        {"run": "resumed", "resumed": "first"},
-    ]
-    runs = {Path(r.checkpoint.path).parent for r in (first, second, resumed)}
-    assert len(runs) == 3 and all(p.parent == store and p.name.startswith("ctr-") for p in runs)
+    assert lines == [{"run": "first", "resumed": None}, {"run": "second", "resumed": None}]
+    runs = {Path(r.checkpoint.path).parent for r in (first, second)}
+    assert len(runs) == 2 and all(p.parent == store and p.name.startswith("ctr-") for p in runs)
     # the checkpoint holds epoch 0 of 1: nothing left, no Ray run, no line in the log
     assert T.epochs_done(first.checkpoint.path) == 1 and T.epochs_done(None) == 0
     assert fit("done", resume_from=first.checkpoint.path, epochs=1) is None
     checkpoint = T.final_checkpoint(None, first.checkpoint.path, "test")
-    assert checkpoint.path == first.checkpoint.path and len(log.read_text().splitlines()) == 3
+    assert checkpoint.path == first.checkpoint.path and len(log.read_text().splitlines()) == 2
