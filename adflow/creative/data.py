@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from adflow.contract import read_table
+from adflow.contract import FACTORS, read_table
 from adflow.creative.rewards import mirror
 from adflow.data.world import PROTOCOL, SEGMENT_WEIGHTS, describe_creative, pair_rationale
 
@@ -61,7 +61,6 @@ def answer(rationale: str, label: str) -> str:
     return f"<think>{rationale}</think><answer>{label}</answer>"
 
 
-FACTOR_COLUMNS = ["prominence", "clutter", "legibility", "theme"]
 _SLOT = re.compile(r"(?<![\w'])([AB])(?![\w'])")  # a standalone slot letter: "A:", "favours B."
 
 
@@ -77,7 +76,7 @@ def swapped_rationale(rationale: str, a: dict[str, object], b: dict[str, object]
     exchanging letters would describe B first: where the table's text is the world's (both creatives
     annotated, a segment the world knows, and `pair_rationale` gives the table's text back) it is re-derived
     for the swapped order; any other rationale (people's, another generator's) has its letters exchanged."""
-    annotated = all(pd.notna(f.get(k)) for f in (a, b) for k in FACTOR_COLUMNS)
+    annotated = all(pd.notna(f.get(k)) for f in (a, b) for k in FACTORS)
     if annotated and segment in SEGMENT_WEIGHTS and pair_rationale(a, b, segment) == rationale:
         return pair_rationale(b, a, segment)
     return mirror_slots(rationale)
@@ -94,7 +93,7 @@ def pair_examples(
     pairs = pairs[pairs["split"].isin(splits)]
     creatives = read_table(root, "creatives").set_index("creative_id")
     titles = read_table(root, "items").set_index("item_id")["title"]
-    factor_cols = [c for c in FACTOR_COLUMNS if c in creatives.columns]
+    factor_cols = [c for c in FACTORS if c in creatives.columns]
     rows = []
     for p in pairs.itertuples(index=False):
         fa = creatives.loc[p.creative_a, factor_cols].to_dict()

@@ -550,13 +550,11 @@ def random_baseline(held: pd.DataFrame, seed: int) -> pd.DataFrame:
     )
 
 
-DESIGN_FACTORS = ("prominence", "clutter", "legibility", "theme")
-
-
 def truth_best(creatives: pd.DataFrame, segment: str) -> int | None:
     """The ground truth's best of an item's creatives for a segment (the synthetic world's appeal), or None
     where it has none: a segment the world has no weights for, or a creative without its design factors (a
     data set labelled by people)."""
+    from adflow.contract import FACTORS as DESIGN_FACTORS
     from adflow.data.world import SEGMENT_WEIGHTS, appeal
 
     if segment not in SEGMENT_WEIGHTS or not set(DESIGN_FACTORS) <= set(creatives.columns):
